@@ -1,0 +1,121 @@
+"""Typed configuration of the pretraining half: the schema every YAML group under `configs/` is checked against.
+
+The front door (`webly.config`) composes these with Hydra; the dataclasses here are what makes an unknown key
+or a value of the wrong type fail before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic web: a world of concepts and a noisy, tagged corpus drawn from it."""
+
+    seed: int = 0
+    num_images: int = 2000  # training corpus size (all nested subsets together)
+    heldout_images: int = 200  # a separate held-out shard set for precision@1 / mAP
+    image_size: int = 64  # side of the square corpus images, pixels
+    num_concepts: int = 40  # visual concepts (shape x colour x texture combinations)
+    max_objects: int = 4  # objects per image: 1..max_objects
+    recall: float = 0.7  # probability that a present concept's name (or a synonym) is tagged
+    synonym_rate: float = 0.3  # probability that a tagged concept uses a synonym instead of its name
+    noise: float = 0.2  # target fraction of tags that are random noise (JFT reports ~20%)
+    attribute_rate: float = 0.3  # probability of tagging a present object's colour / shape / texture word
+    meta_rate: float = 0.5  # expected number of YFCC-like meta tags (camera, year, place) per image
+    zipf: float = 1.0  # exponent of the Zipf law over concept frequencies
+    jpeg_quality: int = 90
+
+
+@dataclass
+class VocabConfig:
+    min_count: int = 2  # tags seen fewer times go out of vocabulary
+    top_k: int = 0  # keep only the K most frequent tags; 0 keeps all that pass min_count
+
+
+@dataclass
+class ShardsConfig:
+    """How samples become webdataset shards (used by `webly synth` and `webly shards`)."""
+
+    input: str = ""  # `webly shards`: a folder of images with sidecar .txt / .json tag files
+    samples_per_shard: int = 250
+    heldout_fraction: float = 0.05  # `webly shards`: fraction of the folder kept out as the held-out set
+    subsets: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # nested data sizes
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthweb"  # dataset root: shards/, vocab.tsv, manifest.json
+    subset: int = 0  # 1-based index of a nested subset (1 = smallest); 0 = all training shards
+    image_size: int = 56  # side of the training crop
+    min_scale: float = 0.35  # RandomResizedCrop area range is [min_scale, 1]
+    shuffle_buffer: int = 500
+    num_workers: int = 2
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    depth: int = 10  # 10, 18, 34, 50, 101, 152, 200
+    width: int = 16  # channels of the stem and first stage; 64 is torchvision's ResNet
+
+
+@dataclass
+class HeadConfig:
+    name: str = "sigmoid"  # sigmoid | softmax
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 200
+    batch_size: int = 64
+    steps_per_epoch: int = 50  # fixed epoch length: the loader restarts its stream every this many steps
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    eval_every: int = 0  # 0: evaluate on the held-out shards only at the end
+    eval_batches: int = 0  # 0: the whole held-out set
+    log_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    resume: bool = True  # continue from the newest checkpoint in the run directory
+    stop_after: int = 0  # stop (with a checkpoint) once this step is reached, e.g. to fit a time slot; 0: never
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # online | offline | disabled | auto (offline unless an API key is set)
+    project: str = "webly"
+    entity: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress: bool = True  # a progress bar with steps, loss and images/s
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run_dir: str = ""  # where checkpoints and metrics go; empty: derived by the front door
