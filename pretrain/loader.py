@@ -106,8 +106,15 @@ class TaggedImageStream(IterableDataset):
         self.skip_batches = batches_done
 
     def _slot(self) -> tuple[int, int, int, int]:
+        """(reader slot, number of slots, this worker's role, workers) for this process.
+
+        A DataLoader takes batches from its workers round-robin starting at worker 0. After `skip_batches`
+        batches the next one is due from worker `skip_batches % W`, so worker w of a resumed iterator plays
+        the role of worker (w + skip_batches) % W of the original one.
+        """
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        return rank * num_workers + worker, world_size * num_workers, worker, num_workers
+        role = (worker + self.skip_batches) % num_workers
+        return rank * num_workers + role, world_size * num_workers, role, num_workers
 
     def _samples(self, slot: int, num_slots: int, skipped: Counter[str]) -> Iterator[dict[str, Any]]:
         def count_bad_shard(exn: Exception) -> bool:
@@ -151,9 +158,9 @@ class TaggedImageStream(IterableDataset):
         return center_crop(image, self.image_size), tag_ids
 
     def __iter__(self) -> Iterator[Batch]:
-        slot, num_slots, worker, num_workers = self._slot()
-        # this worker produced batches worker, worker + W, ... of the epoch; skip the ones already consumed
-        to_skip = max(0, (self.skip_batches - worker + num_workers - 1) // num_workers)
+        slot, num_slots, role, num_workers = self._slot()
+        # this role produces batches role, role + W, ... of the epoch; skip the ones already consumed
+        to_skip = max(0, (self.skip_batches - role + num_workers - 1) // num_workers)
         rng = random.Random(f"augment-{self.seed}-{self.epoch}-{slot}")
         skipped: Counter[str] = Counter()
         images: list[np.ndarray] = []

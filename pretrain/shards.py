@@ -79,7 +79,9 @@ def _run_job(job_and_dir: tuple[ShardJob, Path]) -> ShardStats:
     return write_shard(shard_dir / job.name, job.samples())
 
 
-def write_shards(shard_dir: Path, jobs: Sequence[ShardJob], processes: int = 1, desc: str = "shards") -> list[ShardStats]:
+def write_shards(
+    shard_dir: Path, jobs: Sequence[ShardJob], processes: int = 1, desc: str = "shards"
+) -> list[ShardStats]:
     """Write every job's shard, in parallel over processes, with a progress bar; results in job order."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     work = [(job, shard_dir) for job in jobs]

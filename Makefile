@@ -1,0 +1,33 @@
+# `make demo` and `make test` set up .venv on first use (torch from the wheel store, the project editable).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+# the pip of these machines warns about every index location it skips; keep the real messages
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint install clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import torch, torchvision, webdataset, submitit, hydra, wandb, webly"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/webly demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs data .pytest_cache
