@@ -28,22 +28,25 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def read_sidecar(image: Path) -> tuple[list[str] | None, dict[str, Any], str | None]:
-    """(tags, extra metadata, problem) from the image's .json or .txt sidecar; tags None when unusable."""
+def read_sidecar(image: Path) -> tuple[list[str] | None, dict[str, Any], tuple[str, str] | None]:
+    """(tags, extra metadata, problem) from the image's .json or .txt sidecar; tags None when unusable.
+
+    A problem is (kind, message) with kind `no_sidecar` or `bad_sidecar`.
+    """
     as_json, as_txt = image.with_suffix(".json"), image.with_suffix(".txt")
     if as_json.exists():
         try:
             meta = json.loads(as_json.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
-            return None, {}, f"{as_json}: not valid JSON ({err})"
+            return None, {}, ("bad_sidecar", f"{as_json}: not valid JSON ({err})")
         if not isinstance(meta, dict) or not isinstance(meta.get("tags"), list):
-            return None, {}, f"{as_json}: expected an object with a 'tags' list"
+            return None, {}, ("bad_sidecar", f"{as_json}: expected an object with a 'tags' list")
         tags = [str(t) for t in meta.pop("tags")]
         return tags, meta, None
     if as_txt.exists():
         lines = as_txt.read_text(encoding="utf-8", errors="replace").splitlines()
         return [line.strip() for line in lines if line.strip()], {}, None
-    return None, {}, f"{image}: no sidecar (.txt or .json)"
+    return None, {}, ("no_sidecar", f"{image}: no sidecar (.txt or .json)")
 
 
 Entry = tuple[str, list[str], dict[str, Any]]  # (path relative to the folder, tags, sidecar metadata)
@@ -87,8 +90,8 @@ def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> di
     for image in images:
         rel = str(image.relative_to(folder))
         tags, meta, problem = read_sidecar(image)
-        if tags is None:
-            problems["no_sidecar" if problem and "no sidecar" in problem else "bad_sidecar"] += 1
+        if tags is None and problem is not None:
+            problems[problem[0]] += 1
             untagged.append(rel)
         else:
             usable.append((rel, tags, meta))

@@ -107,8 +107,8 @@ def subset_sizes(num_shards: int, fractions: Sequence[float]) -> list[int]:
     """Shard counts of the nested subsets: increasing, at least one shard each, the last one all of them."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ValueError(f"shards.subsets must be fractions in (0, 1], got {list(fractions)}")
-    counts = sorted({max(1, math.ceil(f * num_shards - 1e-9)) for f in fractions})
-    return counts
+    counts = {max(1, math.ceil(f * num_shards - 1e-9)) for f in fractions}
+    return sorted(counts | {num_shards})
 
 
 def finalize_dataset(

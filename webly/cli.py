@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cfg:
         print(to_yaml(cfg), end="")
         return 0
+    if args.command == "shards" and not cfg.data.shards.input:
+        print("webly shards: config error: data.shards.input is empty: name the folder of images with sidecar "
+              "tag files (data.shards.input=DIR)", file=sys.stderr)
+        return 2
     try:
         if args.command == "demo":
             demo(cfg)
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"shards, {result['vocab']['size']} tags -> {cfg.data.root}")
     except submitit.core.utils.FailedJobError as err:
         print(f"webly {args.command}: the job failed:\n{err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:  # launcher=debug runs in-process: the job's own error arrives here
+        print(f"webly {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
 

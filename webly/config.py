@@ -141,7 +141,8 @@ def check(cfg: WeblyConfig) -> None:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, allowed))}")
     positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
                 "train.steps_per_epoch": cfg.train.steps_per_epoch,
-                "train.checkpoint_every": cfg.train.checkpoint_every, "data.image_size": cfg.data.image_size,
+                "train.checkpoint_every": cfg.train.checkpoint_every, "train.log_every": cfg.train.log_every,
+                "data.image_size": cfg.data.image_size,
                 "data.shards.samples_per_shard": cfg.data.shards.samples_per_shard}
     for key, value in positive.items():
         if value <= 0:

@@ -232,10 +232,14 @@ def render_scene(world: World, objects: list[ObjectSpec], size: int, rng: np.ran
             keypoints.append((float(x), float(y), vis))
         rendered.append(
             RenderedObject(
-                spec.concept, _tight_bbox(visible), visible, int(visible.sum()),
-                area_unit * spec.radius**2, keypoints,
+                concept=spec.concept,
+                bbox=_tight_bbox(visible),
+                mask=visible,
+                area=int(visible.sum()),
+                full_area=area_unit * spec.radius**2,
+                keypoints=keypoints,
             )
-        )  # fmt: skip
+        )
         covered |= mask
     rendered.reverse()
     return Scene(image, rendered)

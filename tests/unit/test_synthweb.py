@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import unicodedata
 from collections import Counter
@@ -177,6 +178,7 @@ def test_noisy_tags_follow_other_rates(world, noise, recall):
 
 def test_corpus_meta_describes_the_present_objects(world, corpus):
     for sample in corpus[:200]:
+        assert json.loads(json.dumps(sample["json"])) == sample["json"]  # plain JSON types only
         meta = sample["json"]["meta"]
         assert meta["source"] == "synthweb" and meta["user"] and meta["date"][:2] == "20"
         assert meta["concepts"] == sorted({o["concept"] for o in meta["objects"]})
