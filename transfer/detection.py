@@ -125,8 +125,8 @@ def train(model: nn.Module, dataset: CocoDense, cfg: TransferConfig) -> dict[str
             torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
             optimizer.step()
         schedule.step()
-        last = {name: float(value) for name, value in losses.items()}
-        progress.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        last = {name: value.item() for name, value in losses.items()}
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     last["skipped_steps"] = float(skipped)
     return last
 

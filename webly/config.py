@@ -21,11 +21,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import PretrainConfig
+from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, TransferConfig
 from pretrain.heads import HEADS
 from pretrain.models import ARCHITECTURES
 from pretrain.runlog import WANDB_MODES
 
-GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile")
+GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment")
 LAUNCHERS = ("local", "slurm", "debug")
 
 
@@ -49,8 +50,44 @@ class LauncherConfig:
 
 
 @dataclass
+class GridConfig:
+    """The cells of a scaling study: every combination is pretrained, then transferred to every task."""
+
+    subsets: list[int] = field(default_factory=lambda: [1, 2, 3])  # nested data sizes (1-based subset indices)
+    models: list[str] = field(default_factory=lambda: ["tiny", "tiny18"])  # options of the model group
+    heads: list[str] = field(default_factory=lambda: ["sigmoid"])  # options of the head group
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    modes: list[str] = field(default_factory=lambda: ["frozen"])
+    baseline: bool = True  # also transfer a randomly initialised trunk of every model
+
+
+@dataclass
+class TaskSettings:
+    """Per-task overrides of the experiment's transfer settings; 0 keeps the shared value."""
+
+    steps: int = 0
+    lr: float = 0.0
+    batch_size: int = 0
+    image_size: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    grid: GridConfig = field(default_factory=GridConfig)
+    bench: SynthBenchConfig = field(default_factory=SynthBenchConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    tasks: dict[str, TaskSettings] = field(default_factory=dict)
+    max_parallel: int = 2  # jobs at once with the local launcher
+    threads_per_job: int = 1
+
+
+@dataclass
 class WeblyConfig(PretrainConfig):
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     profile: str = "tiny"  # set by the profile group: tiny | demo | paper
     work_dir: str = "runs"  # every stage's run directory goes below this
     name: str = ""  # run name; empty: derived from data, subset, model, head and seed
@@ -147,6 +184,17 @@ def check(cfg: WeblyConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value}: must be positive")
+    grid = cfg.experiment.grid
+    for key, values, allowed in (("experiment.grid.tasks", grid.tasks, TASKS), ("experiment.grid.modes", grid.modes, MODES),
+                                 ("experiment.tasks", list(cfg.experiment.tasks), TASKS)):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {unknown}; choose from {', '.join(allowed)}")
+    options = group_options()
+    for key, values, group in (("experiment.grid.models", grid.models, "model"), ("experiment.grid.heads", grid.heads, "head")):
+        unknown = [v for v in values if v not in options[group]]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {unknown}; options of the {group} group: {', '.join(options[group])}")
     if cfg.data.subset < 0:
         raise ConfigError(f"data.subset={cfg.data.subset}: 1-based subset index, or 0 for all shards")
     if not 0 < cfg.data.min_scale <= 1:
@@ -156,6 +204,12 @@ def check(cfg: WeblyConfig) -> None:
 def pretrain_config(cfg: WeblyConfig) -> PretrainConfig:
     """The part of the config the pretraining stage sees (the launcher does not change its results)."""
     return PretrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PretrainConfig)})
+
+
+def load_option(group: str, option: str, schema: type) -> Any:
+    """One option of a config group (e.g. model/tiny18.yaml) as its typed dataclass."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(config_dir() / group / f"{option}.yaml"))
+    return OmegaConf.to_object(merged)
 
 
 def run_name(cfg: WeblyConfig) -> str:
