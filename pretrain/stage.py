@@ -38,8 +38,10 @@ def code_version() -> str:
             return "unknown"
 
 
-def write_manifest(run_dir: str | Path, stage: str, status: str, config: dict[str, Any], **fields: Any) -> Path:
-    path = Path(run_dir) / "manifest.json"
+def write_manifest(run_dir: str | Path, stage: str, status: str, config: dict[str, Any], *,
+                   filename: str = "manifest.json", **fields: Any) -> Path:
+    """Record a stage's status; `filename` differs where the folder has a manifest of its own (a dataset)."""
+    path = Path(run_dir) / filename
     previous = read_json(path) if path.exists() else {}
     manifest = {
         **previous,
@@ -54,8 +56,8 @@ def write_manifest(run_dir: str | Path, stage: str, status: str, config: dict[st
     return atomic_write_json(path, manifest)
 
 
-def is_done(run_dir: str | Path, config: dict[str, Any]) -> bool:
-    path = Path(run_dir) / "manifest.json"
+def is_done(run_dir: str | Path, config: dict[str, Any], filename: str = "manifest.json") -> bool:
+    path = Path(run_dir) / filename
     if not path.exists():
         return False
     manifest = read_json(path)

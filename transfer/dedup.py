@@ -14,6 +14,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from pretrain.atomic import atomic_write_json, read_json
 from pretrain.config import ModelConfig
@@ -133,12 +134,27 @@ def run_dedup(
     model_cfg: ModelConfig,
     seed: int = 0,
     progress: bool = True,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Flag the benchmark test images that near-duplicate corpus images; write `out_dir/dedup.json`.
 
     The trunk is `trunk_init`'s pretrained trunk, or a random one (`model_cfg`, `seed`) when it is empty.
     Corpus descriptors are cached in `out_dir/corpus_descriptors.npz`. Returns the written JSON dict.
+    `threads` > 0 sets torch's intra-op threads for the run (restored after); 0 leaves torch's default.
     """
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _run_dedup(corpus_root, benchmark_root, out_dir, cfg, trunk_init, model_cfg, seed, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_dedup(
+    corpus_root: str, benchmark_root: str, out_dir: str, cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig,
+    seed: int, progress: bool,
+) -> dict[str, Any]:
     if not (cfg.use_hash or cfg.use_cnn):
         raise ValueError("dedup: use_hash and use_cnn are both false; nothing to compare")
     started = time.perf_counter()
@@ -193,7 +209,10 @@ def run_dedup(
     truth_path = Path(benchmark_root) / "near_duplicates.json"
     evaluation: dict[str, Any] = {}
     if truth_path.exists():
-        evaluation = evaluate(ids, hash_distance, cosine, flagged, cfg, read_json(truth_path), matched_keys)
+        truth = read_json(truth_path)
+        if not isinstance(truth, list) or not all(isinstance(r, dict) and "id" in r for r in truth):
+            raise ValueError(f"{truth_path}: expected a list of {{'id', 'benchmark', 'corpus_key', 'edit'}} records")
+        evaluation = evaluate(ids, hash_distance, cosine, flagged, cfg, truth, matched_keys)
     model = trunk_model_config(trunk_init, model_cfg)
     result = {
         "format": FORMAT,

@@ -63,6 +63,7 @@ def build_model(task: str, backbone: nn.Module, num_classes: int, num_keypoints:
     }
     if task == "pose":
         num_classes = 1  # one "object" class, as COCO's person
+        common["box_detections_per_img"] = 20  # COCOeval scores keypoints on the top 20 only; heatmaps cost
     predictor = FastRCNNPredictor(dense_cfg.representation_size, num_classes + 1)
     if task == "detection":
         return FasterRCNN(backbone, box_predictor=predictor, **common)

@@ -21,12 +21,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import PretrainConfig
-from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, TransferConfig
 from pretrain.heads import HEADS
 from pretrain.models import ARCHITECTURES
 from pretrain.runlog import WANDB_MODES
+from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, TransferConfig
 
-GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment")
+GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment", "task")
 LAUNCHERS = ("local", "slurm", "debug")
 
 
@@ -88,6 +88,7 @@ class ExperimentConfig:
 class WeblyConfig(PretrainConfig):
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # `webly transfer`: one task, one trunk
     profile: str = "tiny"  # set by the profile group: tiny | demo | paper
     work_dir: str = "runs"  # every stage's run directory goes below this
     name: str = ""  # run name; empty: derived from data, subset, model, head and seed
@@ -127,8 +128,15 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     return cfg
 
 
-_NOISE = ("To append to your config", "reference_type=", "object_type=", "$VALUE", "invalid literal",
-          "Config search path", "provider=")
+_NOISE = (
+    "To append to your config",
+    "reference_type=",
+    "object_type=",
+    "$VALUE",
+    "invalid literal",
+    "Config search path",
+    "provider=",
+)
 
 
 def _explain(err: Exception) -> str:
@@ -176,22 +184,32 @@ def check(cfg: WeblyConfig) -> None:
     for key, value, allowed in choices:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, allowed))}")
-    positive = {"train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
-                "train.steps_per_epoch": cfg.train.steps_per_epoch,
-                "train.checkpoint_every": cfg.train.checkpoint_every, "train.log_every": cfg.train.log_every,
-                "data.image_size": cfg.data.image_size,
-                "data.shards.samples_per_shard": cfg.data.shards.samples_per_shard}
+    positive = {
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.steps_per_epoch": cfg.train.steps_per_epoch,
+        "train.checkpoint_every": cfg.train.checkpoint_every,
+        "train.log_every": cfg.train.log_every,
+        "data.image_size": cfg.data.image_size,
+        "data.shards.samples_per_shard": cfg.data.shards.samples_per_shard,
+    }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value}: must be positive")
     grid = cfg.experiment.grid
-    for key, values, allowed in (("experiment.grid.tasks", grid.tasks, TASKS), ("experiment.grid.modes", grid.modes, MODES),
-                                 ("experiment.tasks", list(cfg.experiment.tasks), TASKS)):
+    for key, values, allowed in (
+        ("experiment.grid.tasks", grid.tasks, TASKS),
+        ("experiment.grid.modes", grid.modes, MODES),
+        ("experiment.tasks", list(cfg.experiment.tasks), TASKS),
+    ):
         unknown = [v for v in values if v not in allowed]
         if unknown:
             raise ConfigError(f"{key}: unknown {unknown}; choose from {', '.join(allowed)}")
     options = group_options()
-    for key, values, group in (("experiment.grid.models", grid.models, "model"), ("experiment.grid.heads", grid.heads, "head")):
+    for key, values, group in (
+        ("experiment.grid.models", grid.models, "model"),
+        ("experiment.grid.heads", grid.heads, "head"),
+    ):
         unknown = [v for v in values if v not in options[group]]
         if unknown:
             raise ConfigError(f"{key}: unknown {unknown}; options of the {group} group: {', '.join(options[group])}")

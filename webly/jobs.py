@@ -1,7 +1,7 @@
-"""The functions a job runs. Each takes the whole typed config, is importable, and is tested directly.
+"""The functions a job runs, and the stage configs that say when one is already done.
 
-submitit pickles these calls and runs them in a local process or a Slurm allocation; nothing here depends
-on where it runs.
+Each job function takes its whole typed config, is importable, and is tested directly; submitit pickles the
+call and runs it in a local process or a Slurm allocation. Nothing here depends on where it runs.
 """
 
 from __future__ import annotations
@@ -12,20 +12,32 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.atomic import read_json
+from pretrain.config import ModelConfig, PretrainConfig
 from pretrain.ingest import ingest_folder
-from pretrain.stage import is_done
+from pretrain.stage import is_done, write_manifest
 from pretrain.synthweb.dataset import write_synthweb
 from pretrain.train import pretrain
+from transfer.config import TransferConfig
+from transfer.run import run_transfer
 from webly.config import WeblyConfig, pretrain_config, run_name
+
+DATA_STAGE_FILE = "stage.json"  # a dataset root already has a manifest.json of its own
 
 
 def _processes() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def synth_stage_config(cfg: WeblyConfig) -> dict[str, Any]:
+    return {"synth": dataclasses.asdict(cfg.data.synth), "shards": dataclasses.asdict(cfg.data.shards)}
+
+
 def synth_job(cfg: WeblyConfig) -> dict[str, Any]:
     """Generate the synthetic web into `data.root`; returns the dataset manifest (without its shard list)."""
+    config = synth_stage_config(cfg)
+    write_manifest(cfg.data.root, "synth", "running", config, filename=DATA_STAGE_FILE)
     manifest = write_synthweb(cfg.data, processes=_processes())
+    write_manifest(cfg.data.root, "synth", "done", config, filename=DATA_STAGE_FILE)
     return {k: v for k, v in manifest.items() if k not in ("shards", "synth")}
 
 
@@ -37,15 +49,80 @@ def shards_job(cfg: WeblyConfig) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != "shards"}
 
 
+def bench_stage_config(cfg: WeblyConfig) -> dict[str, Any]:
+    return {"bench": dataclasses.asdict(cfg.experiment.bench), "synth": dataclasses.asdict(cfg.data.synth)}
+
+
+def bench_job(cfg: WeblyConfig) -> dict[str, Any]:
+    """Write the synthetic benchmarks (ImageFolder, COCO, VOC) from the corpus's world."""
+    from transfer.synthbench import write_benchmarks
+
+    config, root = bench_stage_config(cfg), cfg.experiment.bench.root
+    write_manifest(root, "benchmarks", "running", config, filename=DATA_STAGE_FILE)
+    manifest = write_benchmarks(cfg.experiment.bench, cfg.data.synth, processes=_processes())
+    write_manifest(root, "benchmarks", "done", config, filename=DATA_STAGE_FILE)
+    return manifest
+
+
 def pretrain_run_dir(cfg: WeblyConfig) -> Path:
     return Path(cfg.work_dir) / "pretrain" / run_name(cfg)
 
 
+def pretrain_stage(cfg: WeblyConfig) -> PretrainConfig:
+    return dataclasses.replace(pretrain_config(cfg), run_dir=str(pretrain_run_dir(cfg)))
+
+
+def pretrain_stage_config(cfg: WeblyConfig) -> dict[str, Any]:
+    return dataclasses.asdict(pretrain_stage(cfg))
+
+
 def pretrain_job(cfg: WeblyConfig) -> dict[str, Any]:
     """Pretrain in the run directory the config names; a run already done with this config is not redone."""
-    stage_cfg = pretrain_config(cfg)
-    stage_cfg = dataclasses.replace(stage_cfg, run_dir=str(pretrain_run_dir(cfg)))
+    stage_cfg = pretrain_stage(cfg)
     if is_done(stage_cfg.run_dir, dataclasses.asdict(stage_cfg)):
         summary = read_json(Path(stage_cfg.run_dir) / "manifest.json")["summary"]
         return {**summary, "run_dir": stage_cfg.run_dir, "skipped": "already done"}
     return {**pretrain(stage_cfg), "run_dir": stage_cfg.run_dir}
+
+
+def dedup_reference(cells: list[WeblyConfig]) -> tuple[str, ModelConfig]:
+    """The trunk whose embeddings de-duplicate: the deepest model pretrained on the most data."""
+    if not cells:
+        raise ValueError("no pretraining run finished: nothing to take CNN descriptors from")
+    best = max(cells, key=lambda c: (c.data.subset or 1 << 30, c.model.depth, c.model.width))
+    return str(pretrain_run_dir(best)), best.model
+
+
+def dedup_stage_config(cfg: WeblyConfig, reference: tuple[str, ModelConfig]) -> dict[str, Any]:
+    return {
+        "dedup": dataclasses.asdict(cfg.experiment.dedup),
+        "corpus": cfg.data.root,
+        "benchmark": cfg.experiment.bench.root,
+        "trunk": reference[0],
+    }
+
+
+def dedup_job(args: tuple[WeblyConfig, tuple[str, ModelConfig], str]) -> dict[str, Any]:
+    """Flag benchmark test images that near-duplicate corpus images; writes `<out>/dedup.json`."""
+    from transfer.dedup import run_dedup
+
+    cfg, reference, out_dir = args
+    config = dedup_stage_config(cfg, reference)
+    write_manifest(out_dir, "dedup", "running", config)
+    result = run_dedup(
+        cfg.data.root, cfg.experiment.bench.root, out_dir, cfg.experiment.dedup, reference[0], reference[1]
+    )
+    write_manifest(out_dir, "dedup", "done", config, outputs={"dedup": str(Path(out_dir) / "dedup.json")})
+    return result
+
+
+def transfer_job(cfg: TransferConfig) -> dict[str, Any]:
+    return run_transfer(cfg)
+
+
+def report_job(args: tuple[WeblyConfig, str]) -> dict[str, Any]:
+    """Collect the experiment's results into the scaling report."""
+    from webly.report import build_report
+
+    cfg, exp_dir = args
+    return build_report(exp_dir, cfg.logging.wandb, cfg.data.root)

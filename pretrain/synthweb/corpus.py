@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 
 from ..config import SynthConfig
-from .render import ObjectSpec, RenderedObject, render_scene
+from .render import ObjectSpec, RenderedObject, Scene, render_scene
 from .world import World
 
 # Objects hidden (occluded or off-image) beyond this fraction are not "present": nobody would tag them.
@@ -128,11 +128,23 @@ def _metadata(world: World, rng: np.random.Generator) -> dict[str, str]:
     return {"title": title, "user": user, "date": date}
 
 
-def corpus_sample(world: World, cfg: SynthConfig, split: str, index: int) -> dict:
-    """One webdataset-style sample: {"__key__", "jpg": JPEG bytes, "json": {"tags", "meta"}}."""
+def _draw_scene(world: World, cfg: SynthConfig, split: str, index: int) -> tuple[Scene, np.random.Generator]:
+    """The scene of sample (split, index) and the generator, positioned where the tags are drawn next."""
     rng = np.random.default_rng([cfg.seed, _split_code(split), index])
     specs = sample_objects(world, rng, cfg.image_size, cfg.max_objects)
-    scene = render_scene(world, specs, cfg.image_size, rng)
+    return render_scene(world, specs, cfg.image_size, rng), rng
+
+
+def corpus_scene(world: World, cfg: SynthConfig, split: str, index: int) -> Scene:
+    """The rendered scene (before JPEG) of corpus sample (split, index), with every object's visible mask,
+    box and keypoints: what benchmarks need to plant annotated near-duplicates of corpus images. Encoding
+    `scene.image` as JPEG at `cfg.jpeg_quality` gives exactly the sample's `jpg` bytes."""
+    return _draw_scene(world, cfg, split, index)[0]
+
+
+def corpus_sample(world: World, cfg: SynthConfig, split: str, index: int) -> dict:
+    """One webdataset-style sample: {"__key__", "jpg": JPEG bytes, "json": {"tags", "meta"}}."""
+    scene, rng = _draw_scene(world, cfg, split, index)
     present = _present(scene.objects)
     concepts = sorted({o.concept for o in present})
     tags = noisy_tags(world, concepts, rng, cfg)

@@ -83,10 +83,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                "classification/test/dog/recolour.jpg": ("D", "recolour"),
                "detection/images/test/big.jpg": ("E", "resize"), "segmentation/JPEGImages/s_q20.jpg": ("G", "jpeg"),
                "segmentation/JPEGImages/s_new4.jpg": ("F", "crop")}
-    truth = [{"id": i, "benchmark": i.split("/")[0], "corpus_key": key[k][0], "edit": e} for i, (k, e) in planted.items()]
-    truth.append({"id": "detection/images/test/gone.jpg", "benchmark": "detection", "corpus_key": "x", "edit": "crop"})
+    truth = [{"id": i, "benchmark": i.split("/")[0], "corpus_key": key[k][0], "edit": edit}
+             for i, (k, edit) in planted.items()]
+    truth.append({"id": "detection/images/test/gone.jpg", "benchmark": "detection", "corpus_key": "x",
+                  "edit": "crop"})  # a ground-truth id that is no test image: listed, not scored
     (bench / "near_duplicates.json").write_text(json.dumps(truth))
     return {"corpus": corpus, "bench": bench, "keys": {k: v[0] for k, v in key.items()}, "out": base / "out"}
+
+
+def _run(world: dict, out: Path, cfg: DedupConfig = CFG, seed: int = 0) -> dict:
+    return dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(out), cfg, "", MODEL, seed=seed,
+                           progress=False, threads=1)
 
 
 def _digests(*roots: Path) -> dict[str, str]:
@@ -122,8 +129,10 @@ def test_phash_codes_pad_to_bytes_and_faiss_matches_brute_force() -> None:
     assert np.array_equal(distance, brute.min(1)) and np.array_equal(brute[np.arange(40), index], brute.min(1))
     emb = rng.normal(size=(300, 16)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    cosine, index = dedup.nearest_cosine(emb[:40] * 0.5 + emb[40:80] * 0.5, emb)
-    sims = (emb[:40] * 0.5 + emb[40:80] * 0.5) @ emb.T
+    queries = emb[:40] + 0.3 * rng.normal(size=(40, 16)).astype(np.float32)  # no ties: noisy copies
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    cosine, index = dedup.nearest_cosine(queries, emb)
+    sims = queries @ emb.T
     assert np.allclose(cosine, sims.max(1), atol=1e-5) and np.array_equal(index, sims.argmax(1))
 
 
@@ -139,8 +148,7 @@ def test_run_dedup_flags_planted_copies_and_scores_them(world: dict, monkeypatch
     writes: list[Path] = []
     real_write = dedup.atomic_write_json
     monkeypatch.setattr(dedup, "atomic_write_json", lambda p, obj: writes.append(Path(p)) or real_write(p, obj))
-    result = dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(world["out"]), CFG, "", MODEL,
-                             progress=False)
+    result = _run(world, world["out"])
     assert writes == [world["out"] / "dedup.json"]  # written once, through the atomic writer
     assert json.loads((world["out"] / "dedup.json").read_text()) == result
     assert not list(world["out"].glob(".*tmp"))
@@ -183,14 +191,18 @@ def test_run_dedup_flags_planted_copies_and_scores_them(world: dict, monkeypatch
     assert [r["threshold"] for r in ev["sweep"]["hash"]] == list(range(17))
     at_8 = ev["sweep"]["hash"][8]
     assert {k: at_8[k] for k in ev["overall"]} == ev["overall"] and at_8["flagged"] == 7
-    assert all(a["flagged"] <= b["flagged"] for a, b in zip(ev["sweep"]["hash"], ev["sweep"]["hash"][1:]))
+    counts = [row["flagged"] for row in ev["sweep"]["hash"]]
+    assert counts == sorted(counts)
+    cnn_counts = [row["flagged"] for row in ev["sweep"]["cnn"]]
+    assert cnn_counts == sorted(cnn_counts, reverse=True)
+    assert cnn_counts[0] == 13  # the random trunk: at cosine 0.80 every test image, hard negatives too, matches
     assert dedup.flagged_ids(world["out"] / "dedup.json") == set(flagged)
     assert _digests(world["corpus"], world["bench"]) == before  # source data only read
 
 
 def test_corpus_cache_is_reused_and_refreshed_per_part(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     out = world["out"].parent / "out_cache"
-    first = dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(out), CFG, "", MODEL, progress=False)
+    first = _run(world, out)
     cache = out / descriptors.CACHE_NAME
     stamp, content = cache.stat().st_mtime_ns, np.load(cache)["hashes"]
 
@@ -199,22 +211,24 @@ def test_corpus_cache_is_reused_and_refreshed_per_part(world: dict, monkeypatch:
 
     with monkeypatch.context() as patch:
         patch.setattr(descriptors, "iter_shards", no_corpus_pass)
-        again = dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(out), CFG, "", MODEL, progress=False)
+        again = _run(world, out)
         hashes_only = DedupConfig(**{**vars(CFG), "use_cnn": False})
-        alone = dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(out), hashes_only, "", MODEL,
-                                progress=False)
+        alone = _run(world, out, hashes_only)
     assert again["corpus"]["cache"] == "hit" and alone["corpus"]["cache"] == "hit"
     assert again["flagged"] == first["flagged"] and cache.stat().st_mtime_ns == stamp
     assert alone["trunk"] is None and alone["evaluation"]["cnn_only"] is None
     assert {r["by"] for r in alone["flagged"]} == {"hash"} and len(alone["flagged"]) == 7
 
     # Another random trunk: the embeddings are recomputed, the hashes kept.
-    other = dedup.run_dedup(str(world["corpus"]), str(world["bench"]), str(out), CFG, "", MODEL, seed=1,
-                            progress=False)
+    other = _run(world, out, seed=1)
     assert other["corpus"]["cache"] == "partial" and other["trunk"]["seed"] == 1
     assert np.array_equal(np.load(cache)["hashes"], content)
     exact = {r["id"]: r for r in other["flagged"]}["classification/test/cat/exact.jpg"]
     assert exact["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+    cache.write_bytes(b"not an npz")  # a damaged cache is rebuilt, not trusted
+    rebuilt = _run(world, out)
+    assert rebuilt["corpus"]["cache"] == "miss" and rebuilt["flagged"] == first["flagged"]
 
 
 def test_flagged_ids_rejects_other_json(tmp_path: Path) -> None:

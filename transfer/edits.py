@@ -1,0 +1,177 @@
+"""Near-duplicate edits of an image together with its annotations: resize, JPEG, crop, recolour and chains.
+
+These are the edits that make a web image turn up again in a test set in slightly different form (a thumbnail,
+a re-compressed copy, a crop, a filter). Geometric edits carry per-object masks (nearest neighbour on pixel
+centres), boxes (recomputed from the masks) and keypoints (moved; flagged 0 once outside) along with the pixels,
+so an edited copy is a fully annotated image. Nothing here knows about benchmarks: calibration sets reuse it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels (continuous: pixel i spans [i, i + 1))
+Keypoints = list[tuple[float, float, int]]  # (x, y, v): v 0 outside / unlabelled, 1 occluded, 2 visible
+
+EDITS: tuple[str, ...] = ("resize", "jpeg", "crop", "recolour")
+COMBINATIONS: tuple[str, ...] = ("crop+jpeg", "resize+jpeg", "recolour+jpeg", "crop+recolour", "crop+recolour+jpeg")
+ALL_EDITS: tuple[str, ...] = EDITS + COMBINATIONS
+
+# Parameter ranges: strong enough to change every pixel, mild enough that a person calls it the same photo.
+SCALE_RANGE = (0.5, 1.5)  # resize: intermediate scale before going to the target size
+QUALITY_RANGE = (15, 40)  # jpeg: re-compression quality, inclusive
+AREA_RANGE = (0.6, 0.9)  # crop: fraction of the area kept
+ASPECT_RANGE = (0.8, 1.25)  # crop: aspect ratio of the kept region relative to the frame
+BRIGHTNESS_RANGE = (0.75, 1.25)
+CONTRAST_RANGE = (0.75, 1.25)
+SATURATION_RANGE = (0.6, 1.4)
+HUE_RANGE = (-0.05, 0.05)  # fraction of the hue circle
+
+
+@dataclass
+class Edited:
+    image: Image.Image
+    masks: list[np.ndarray]  # bool H x W per object, at the output size
+    boxes: list[Box]  # tight boxes of the edited masks; all 0 for an empty mask
+    keypoints: list[Keypoints]
+    edit: str  # the edit's name, e.g. "crop+jpeg"
+    source_box: Box  # the region of the input image that the output shows (the whole input without a crop)
+    params: dict[str, Any] = field(default_factory=dict)  # what was drawn, per step: JSON-ready
+
+
+def tight_box(mask: np.ndarray) -> Box:
+    """(x0, y0, x1, y1) of the True pixels (exclusive ends), or all 0 for an empty mask."""
+    cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+    if len(cols) == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def transform_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """The part of `mask` inside `box`, stretched to `size` (W, H) by nearest neighbour on pixel centres."""
+    width, height = size
+    x0, y0, x1, y1 = box
+    src_x = np.floor(x0 + (np.arange(width) + 0.5) * ((x1 - x0) / width)).astype(np.int64)
+    src_y = np.floor(y0 + (np.arange(height) + 0.5) * ((y1 - y0) / height)).astype(np.int64)
+    ok_x = (src_x >= 0) & (src_x < mask.shape[1])
+    ok_y = (src_y >= 0) & (src_y < mask.shape[0])
+    out = mask[np.clip(src_y, 0, mask.shape[0] - 1)][:, np.clip(src_x, 0, mask.shape[1] - 1)]
+    return out & ok_y[:, None] & ok_x[None, :]
+
+
+def transform_keypoints(keypoints: Keypoints, box: Box, size: tuple[int, int]) -> Keypoints:
+    """Keypoints mapped from `box` to an image of `size` (W, H); those that leave the image get v = 0."""
+    width, height = size
+    x0, y0, x1, y1 = box
+    sx, sy = width / (x1 - x0), height / (y1 - y0)
+    out: Keypoints = []
+    for x, y, v in keypoints:
+        nx, ny = (x - x0) * sx, (y - y0) * sy
+        inside = 0 <= nx < width and 0 <= ny < height
+        out.append((float(nx), float(ny), int(v) if inside else 0))
+    return out
+
+
+def crop_resize(image: Image.Image, box: Box, size: tuple[int, int] | None = None,
+                masks: Sequence[np.ndarray] | None = None, keypoints: Sequence[Keypoints] | None = None) -> Edited:
+    """Show region `box` of `image` at `size` (default: the image's size), annotations included."""
+    size = size or image.size
+    out = image.convert("RGB").resize(size, Image.BICUBIC, box=box)
+    return _annotate(out, box, size, masks, keypoints, "crop", {"crop": [round(b, 3) for b in box]})
+
+
+def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
+    """The image after a JPEG round trip at `quality`."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def recolour(image: Image.Image, brightness: float, contrast: float, saturation: float, hue: float) -> Image.Image:
+    """Brightness, contrast and saturation factors (1 = unchanged) and a hue shift (fraction of the circle)."""
+    image = ImageEnhance.Brightness(image.convert("RGB")).enhance(brightness)
+    image = ImageEnhance.Contrast(image).enhance(contrast)
+    image = ImageEnhance.Color(image).enhance(saturation)
+    if hue:
+        hsv = np.asarray(image.convert("HSV")).copy()
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + round(hue * 256)) % 256  # uint8 hue wraps around
+        image = Image.fromarray(hsv, "HSV").convert("RGB")
+    return image
+
+
+def random_edit(rng: np.random.Generator, choices: Sequence[str] = ALL_EDITS) -> str:
+    """One edit name drawn uniformly from `choices`."""
+    return str(choices[int(rng.integers(len(choices)))])
+
+
+def _crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
+    """An integer crop keeping AREA_RANGE of the frame, with a mild aspect change, anywhere inside it."""
+    area = rng.uniform(*AREA_RANGE) * width * height
+    aspect = float(np.exp(rng.uniform(*np.log(ASPECT_RANGE)))) * width / height
+    w = int(np.clip(round(np.sqrt(area * aspect)), 1, width))
+    h = int(np.clip(round(area / w), 1, height))
+    x0, y0 = int(rng.integers(width - w + 1)), int(rng.integers(height - h + 1))
+    return x0, y0, x0 + w, y0 + h
+
+
+def apply_edit(image: Image.Image, edit: str | None = None, rng: np.random.Generator | None = None,
+               masks: Sequence[np.ndarray] | None = None, keypoints: Sequence[Keypoints] | None = None,
+               size: tuple[int, int] | None = None, choices: Sequence[str] = ALL_EDITS) -> Edited:
+    """Apply `edit` ("crop", "crop+jpeg", ...: steps run left to right), or one drawn from `choices` when it
+    is None, to `image` and its per-object `masks` and `keypoints`. Parameters come from `rng` (seeded: the same
+    rng state gives the same copy). The output is `size` (W, H), by default the input's size."""
+    rng = rng if rng is not None else np.random.default_rng()
+    edit = edit or random_edit(rng, choices)
+    steps = edit.split("+")
+    unknown = [s for s in steps if s not in EDITS]
+    if unknown:
+        raise ValueError(f"edit {edit!r}: unknown step(s) {unknown}; steps are {EDITS}, joined by '+'")
+    size = size or image.size
+    out = image.convert("RGB")
+    # The output frame shows `box` of the input: geometric steps compose into one box, so masks and keypoints
+    # are resampled once, from the original annotations.
+    box: Box = (0.0, 0.0, float(image.size[0]), float(image.size[1]))
+    params: dict[str, Any] = {}
+    for step in steps:
+        if step == "resize":
+            scale = float(rng.uniform(*SCALE_RANGE))
+            middle = (max(1, round(out.size[0] * scale)), max(1, round(out.size[1] * scale)))
+            out = out.resize(middle, Image.BILINEAR).resize(size, Image.BICUBIC)
+            params["scale"] = round(scale, 4)
+        elif step == "crop":
+            cx0, cy0, cx1, cy1 = _crop_box(rng, *out.size)
+            fx, fy = (box[2] - box[0]) / out.size[0], (box[3] - box[1]) / out.size[1]
+            box = (box[0] + cx0 * fx, box[1] + cy0 * fy, box[0] + cx1 * fx, box[1] + cy1 * fy)
+            out = out.resize(size, Image.BICUBIC, box=(cx0, cy0, cx1, cy1))
+            params["crop"] = [round(b, 3) for b in box]
+        elif step == "jpeg":
+            quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1))
+            out = jpeg_recompress(out, quality)
+            params["quality"] = quality
+        else:  # recolour
+            jitter = {
+                "brightness": float(rng.uniform(*BRIGHTNESS_RANGE)),
+                "contrast": float(rng.uniform(*CONTRAST_RANGE)),
+                "saturation": float(rng.uniform(*SATURATION_RANGE)),
+                "hue": float(rng.uniform(*HUE_RANGE)),
+            }
+            out = recolour(out, **jitter)
+            params["recolour"] = {k: round(v, 4) for k, v in jitter.items()}
+    if out.size != size:  # non-geometric steps only: still honour the requested size
+        out = out.resize(size, Image.BICUBIC)
+    return _annotate(out, box, size, masks, keypoints, edit, params)
+
+
+def _annotate(image: Image.Image, box: Box, size: tuple[int, int], masks: Sequence[np.ndarray] | None,
+              keypoints: Sequence[Keypoints] | None, edit: str, params: dict[str, Any]) -> Edited:
+    new_masks = [transform_mask(np.asarray(m, dtype=bool), box, size) for m in masks or []]
+    new_points = [transform_keypoints(list(k), box, size) for k in keypoints or []]
+    return Edited(image, new_masks, [tight_box(m) for m in new_masks], new_points, edit, box, params)
