@@ -58,7 +58,7 @@ def build_model(task: str, backbone: nn.Module, num_classes: int, num_keypoints:
         "rpn_pre_nms_top_n_train": dense_cfg.rpn_pre_nms, "rpn_pre_nms_top_n_test": dense_cfg.rpn_pre_nms,
         "rpn_post_nms_top_n_train": dense_cfg.rpn_post_nms, "rpn_post_nms_top_n_test": dense_cfg.rpn_post_nms,
         "box_batch_size_per_image": dense_cfg.box_batch_per_image,
-        "box_roi_pool": MultiScaleRoIAlign(FEATURE_MAPS, output_size=BOX_POOL, sampling_ratio=2),
+        "box_roi_pool": MultiScaleRoIAlign(FEATURE_MAPS, output_size=BOX_POOL, sampling_ratio=1),
         "box_head": TwoMLPHead(channels * BOX_POOL**2, dense_cfg.representation_size),
     }
     if task == "pose":
@@ -71,7 +71,7 @@ def build_model(task: str, backbone: nn.Module, num_classes: int, num_keypoints:
         mask_layers = [dense_cfg.mask_channels] * dense_cfg.mask_layers
         return MaskRCNN(
             backbone, box_predictor=predictor, **common,
-            mask_roi_pool=MultiScaleRoIAlign(FEATURE_MAPS, output_size=MASK_POOL, sampling_ratio=2),
+            mask_roi_pool=MultiScaleRoIAlign(FEATURE_MAPS, output_size=MASK_POOL, sampling_ratio=1),
             mask_head=MaskRCNNHeads(channels, mask_layers, dilation=1),
             mask_predictor=MaskRCNNPredictor(mask_layers[-1], dense_cfg.mask_channels, num_classes + 1),
         )
@@ -81,7 +81,7 @@ def build_model(task: str, backbone: nn.Module, num_classes: int, num_keypoints:
         keypoint_layers = [dense_cfg.keypoint_channels] * dense_cfg.keypoint_layers
         return KeypointRCNN(
             backbone, box_predictor=predictor, **common,
-            keypoint_roi_pool=MultiScaleRoIAlign(FEATURE_MAPS, output_size=KEYPOINT_POOL, sampling_ratio=2),
+            keypoint_roi_pool=MultiScaleRoIAlign(FEATURE_MAPS, output_size=KEYPOINT_POOL, sampling_ratio=1),
             keypoint_head=KeypointRCNNHeads(channels, keypoint_layers),
             keypoint_predictor=KeypointRCNNPredictor(keypoint_layers[-1], num_keypoints),
         )

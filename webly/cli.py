@@ -9,20 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import submitit
-from tqdm import tqdm
 
-from pretrain.runlog import read_jsonl
 from transfer.backbone import trunk_model_config
 from transfer.config import TransferConfig
 from webly.config import ConfigError, WeblyConfig, compose, group_options, to_yaml
 from webly.experiment import experiment_dir, run_experiment
-from webly.jobs import dedup_job, pretrain_job, pretrain_run_dir, report_job, shards_job, synth_job, transfer_job
+from webly.jobs import dedup_job, pretrain_job, report_job, shards_job, synth_job, transfer_job
 from webly.launch import submit, wait
 
 COMMANDS: dict[str, str] = {
@@ -33,7 +30,7 @@ COMMANDS: dict[str, str] = {
     "dedup": "flag benchmark test images that near-duplicate the corpus (CNN descriptors of transfer.init)",
     "experiment": "run or resume a whole scaling study (experiment=demo): data, pretrain, dedup, transfer, report",
     "report": "rebuild the scaling report of an experiment (experiment=NAME)",
-    "demo": "synth, then pretrain at two nested data sizes; prints where the results are",
+    "demo": "the README's demo: `webly experiment experiment=demo` (the whole study, about 10 minutes on 2 cores)",
 }
 
 
@@ -79,17 +76,6 @@ def _run(cfg: WeblyConfig, name: str, fn: Callable[[Any], Any], arg: Any = None)
     return wait([job])[0]
 
 
-def _watch(jobs: list[submitit.Job], run_dirs: list[Path], steps: int) -> list[Any]:
-    """Several concurrent runs: one progress bar over all their logged steps."""
-    with tqdm(total=steps * len(jobs), desc="pretrain (all runs)", unit="step") as bar:
-        while not all(job.done() for job in jobs):
-            done = sum(max((r.get("step", 0) for r in read_jsonl(d / "metrics.jsonl")), default=0) for d in run_dirs)
-            bar.update(done - bar.n)
-            time.sleep(1.0)
-        bar.update(bar.total - bar.n)
-    return wait(jobs, stream=False)
-
-
 def transfer_stage(cfg: WeblyConfig) -> TransferConfig:
     """The standalone transfer run: its directory is named after the trunk, task and mode."""
     init = Path(cfg.transfer.init).name if cfg.transfer.init else f"random-{cfg.model.name}"
@@ -116,40 +102,11 @@ def _summary_line(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def demo(cfg: WeblyConfig) -> list[dict[str, Any]]:
-    """The skeleton's demo: the corpus, then one pretraining run per nested data size, side by side."""
-    started = time.perf_counter()
-    manifest = _run(cfg, "synth", synth_job)
-    subsets = [s["index"] for s in manifest["subsets"]][:2]
-    print(
-        f"[webly] corpus: {manifest['num_samples']} images, {manifest['vocab']['size']} tags, "
-        f"subsets {[s['samples'] for s in manifest['subsets']]} in {cfg.data.root}",
-        flush=True,
-    )
-    runs = [
-        dataclasses.replace(
-            cfg,
-            data=dataclasses.replace(cfg.data, subset=k),
-            train=dataclasses.replace(cfg.train, threads=1),
-            logging=dataclasses.replace(cfg.logging, progress=False),
-        )
-        for k in subsets
-    ]
-    jobs = [submit(c.launcher, _job_folder(c), f"pretrain-s{c.data.subset}", pretrain_job, c) for c in runs]
-    results = _watch(jobs, [pretrain_run_dir(c) for c in runs], cfg.train.steps)
-    for run_cfg, result in zip(runs, results, strict=True):
-        run_dir = Path(result["run_dir"])
-        print(f"[webly] subset {run_cfg.data.subset}: {_summary_line(result)}")
-        print(f"        checkpoints {run_dir / 'checkpoints'}  trunk {run_dir / 'trunk.pt'}")
-        print(f"        metrics {run_dir / 'metrics.jsonl'}  summary {run_dir / 'summary.json'}")
-    print(f"[webly] demo finished in {time.perf_counter() - started:.0f} s")
-    return results
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    overrides = ["experiment=demo", *args.overrides] if args.command == "demo" else args.overrides
     try:
-        cfg = compose(args.overrides)
+        cfg = compose(overrides)
     except ConfigError as err:
         print(f"webly {args.command}: config error: {err}", file=sys.stderr)
         return 2
@@ -164,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        if args.command == "demo":
-            demo(cfg)
-        elif args.command == "experiment":
+        if args.command in ("experiment", "demo"):
             _print_report(run_experiment(cfg))
         elif args.command == "report":
             _print_report(_run(cfg, "report", report_job, (cfg, str(experiment_dir(cfg)))))

@@ -28,6 +28,7 @@ from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, Transfe
 
 GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment", "task")
 LAUNCHERS = ("local", "slurm", "debug")
+STAGES = ("data", "pretrain", "dedup", "transfer", "report")
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ExperimentConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     tasks: dict[str, TaskSettings] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # run only these (e.g. [data, pretrain])
     max_parallel: int = 2  # jobs at once with the local launcher
     threads_per_job: int = 1
 
@@ -201,6 +203,7 @@ def check(cfg: WeblyConfig) -> None:
         ("experiment.grid.tasks", grid.tasks, TASKS),
         ("experiment.grid.modes", grid.modes, MODES),
         ("experiment.tasks", list(cfg.experiment.tasks), TASKS),
+        ("experiment.stages", cfg.experiment.stages, STAGES),
     ):
         unknown = [v for v in values if v not in allowed]
         if unknown:

@@ -143,64 +143,92 @@ def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -
 
 
 def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
-    """Run (or resume) the whole study; returns the report's paths."""
+    """Run (or resume) the study, stage after stage; returns the report's paths (when the report stage ran)."""
     exp = experiment_dir(cfg)
     exp.mkdir(parents=True, exist_ok=True)
+    wanted = set(cfg.experiment.stages)
     log: list[dict[str, Any]] = []
+    outcome: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    corpus_root, bench_root = Path(cfg.data.root), Path(cfg.experiment.bench.root)
 
-    data_specs = [
-        Spec("data", "corpus", jobs.synth_job, cfg, corpus_root, jobs.synth_stage_config(cfg), jobs.DATA_STAGE_FILE),
-        Spec("data", "benchmarks", jobs.bench_job, cfg, bench_root, jobs.bench_stage_config(cfg), jobs.DATA_STAGE_FILE),
-    ]
-    _raise_failures(_run_stage(cfg, data_specs, log), "data")
+    def stage(name: str, specs: list[Spec]) -> dict[str, Any]:
+        outcome[name] = _run_stage(cfg, specs, log) if name in wanted and specs else {}
+        return outcome[name]
+
+    corpus_root, bench_root = Path(cfg.data.root), Path(cfg.experiment.bench.root)
+    _raise_failures(
+        stage(
+            "data",
+            [
+                Spec(
+                    "data",
+                    "corpus",
+                    jobs.synth_job,
+                    cfg,
+                    corpus_root,
+                    jobs.synth_stage_config(cfg),
+                    jobs.DATA_STAGE_FILE,
+                ),
+                Spec(
+                    "data",
+                    "benchmarks",
+                    jobs.bench_job,
+                    cfg,
+                    bench_root,
+                    jobs.bench_stage_config(cfg),
+                    jobs.DATA_STAGE_FILE,
+                ),
+            ],
+        ),
+        "data",
+    )
 
     cells = pretrain_cells(cfg)
-    pretrain_specs = [
-        Spec("pretrain", c.name, jobs.pretrain_job, c, jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))
-        for c in cells
-    ]
-    pretrained = _run_stage(cfg, pretrain_specs, log)
-    done_cells = [c for c in cells if not isinstance(pretrained.get(c.name), Exception)]
+    pretrained = stage(
+        "pretrain",
+        [
+            Spec("pretrain", c.name, jobs.pretrain_job, c, jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))
+            for c in cells
+        ],
+    )
+    done_cells = [c for c in cells if is_done(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))]
 
     dedup_dir = exp / "dedup"
-    reference = jobs.dedup_reference(done_cells)
-    dedup_specs = [
-        Spec(
+    if done_cells:
+        reference = jobs.dedup_reference(done_cells)
+        _raise_failures(
+            stage(
+                "dedup",
+                [
+                    Spec(
+                        "dedup",
+                        "dedup",
+                        jobs.dedup_job,
+                        (cfg, reference, str(dedup_dir)),
+                        dedup_dir,
+                        jobs.dedup_stage_config(cfg, reference),
+                    )
+                ],
+            ),
             "dedup",
-            "dedup",
-            jobs.dedup_job,
-            (cfg, reference, str(dedup_dir)),
-            dedup_dir,
-            jobs.dedup_stage_config(cfg, reference),
         )
-    ]
-    _raise_failures(_run_stage(cfg, dedup_specs, log), "dedup")
 
-    transfer_results = _run_stage(cfg, transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"), log)
-    report_results = _run_stage(
-        cfg, [Spec("report", "report", jobs.report_job, (cfg, str(exp)), exp / "report", None)], log
-    )
-    _raise_failures(report_results, "report")
-    report = report_results["report"]
+    stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
+    report = stage("report", [Spec("report", "report", jobs.report_job, (cfg, str(exp)), exp / "report", None)])
+    _raise_failures(report, "report")
+
     failures = {
-        name: repr(r)
-        for stage in (pretrained, transfer_results)
-        for name, r in stage.items()
-        if isinstance(r, Exception)
+        name: repr(r) for results in outcome.values() for name, r in results.items() if isinstance(r, Exception)
     }
-    atomic_write_json(
-        exp / "experiment.json",
-        {
-            "name": cfg.experiment.name,
-            "jobs": log,
-            "failures": failures,
-            "seconds": time.perf_counter() - started,
-            "report": report,
-        },
-    )
-    return {**report, "failures": failures, "seconds": time.perf_counter() - started}
+    summary = {
+        "name": cfg.experiment.name,
+        "stages": {k: sorted(v) for k, v in outcome.items()},
+        "jobs": log,
+        "failures": failures,
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_json(exp / "experiment.json", summary)
+    return {**report.get("report", {}), **summary, "pretrained": pretrained}
 
 
 def _raise_failures(results: dict[str, Any], stage: str) -> None:

@@ -1,0 +1,56 @@
+"""The whole study on the tiny profile, through submitit's local executor: interrupted after pretraining,
+re-run to the end without redoing finished stages; pretraining beats random init in the linear probe."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from webly.config import compose
+from webly.experiment import experiment_dir, run_experiment
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("study")
+    overrides = [f"work_dir={root / 'runs'}", f"data.root={root / 'data'}", f"experiment.bench.root={root / 'bench'}",
+                 "experiment=tiny", "logging.wandb.mode=disabled"]
+    first = run_experiment(compose([*overrides, "experiment.stages=[data,pretrain]"]))
+    exp = experiment_dir(compose(overrides))
+    pretrain_files = _mtimes(exp / "pretrain")
+    second = run_experiment(compose(overrides))
+    return {"first": first, "second": second, "exp": exp, "pretrain_files": pretrain_files}
+
+
+def test_interrupted_study_resumes_without_redoing_stages(study: dict) -> None:
+    first, second, exp = study["first"], study["second"], study["exp"]
+    assert set(first["stages"]["pretrain"]) == {p.name for p in (exp / "pretrain").iterdir()}
+    assert not (exp / "transfer").exists()
+    # the second run found data and pretraining done: nothing resubmitted, no checkpoint rewritten
+    assert [job["stage"] for job in second["jobs"]].count("pretrain") == 0
+    assert [job["stage"] for job in second["jobs"]].count("data") == 0
+    assert _mtimes(exp / "pretrain") == study["pretrain_files"]
+    assert second["failures"] == {}
+
+
+def test_report_has_every_task_and_the_probe_beats_random_init(study: dict) -> None:
+    exp = study["exp"]
+    report = Path(study["second"]["report"])
+    assert report.exists()
+    for task in ("classification", "detection", "instance", "semantic", "pose"):
+        assert (exp / "report" / f"{task}.png").exists()
+    with open(exp / "report" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["task"] for r in rows} == {"classification", "detection", "instance", "semantic", "pose"}
+    top1 = {(r["init"], int(r["data_size"])): float(r["full"]) for r in rows
+            if r["task"] == "classification" and r["metric"] == "top1"}
+    largest = max(size for init, size in top1 if init == "pretrained")
+    assert top1[("pretrained", largest)] >= top1[("random", 0)] + 0.1, top1
+    text = report.read_text()
+    assert "## De-duplication" in text and "precision" in text
