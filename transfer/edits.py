@@ -28,10 +28,10 @@ SCALE_RANGE = (0.5, 1.5)  # resize: intermediate scale before going to the targe
 QUALITY_RANGE = (15, 40)  # jpeg: re-compression quality, inclusive
 AREA_RANGE = (0.6, 0.9)  # crop: fraction of the area kept
 ASPECT_RANGE = (0.8, 1.25)  # crop: aspect ratio of the kept region relative to the frame
-BRIGHTNESS_RANGE = (0.75, 1.25)
-CONTRAST_RANGE = (0.75, 1.25)
-SATURATION_RANGE = (0.6, 1.4)
-HUE_RANGE = (-0.05, 0.05)  # fraction of the hue circle
+BRIGHTNESS_RANGE = (0.8, 1.2)
+CONTRAST_RANGE = (0.8, 1.2)
+SATURATION_RANGE = (0.7, 1.3)
+HUE_RANGE = (-0.03, 0.03)  # fraction of the hue circle
 
 
 @dataclass

@@ -42,6 +42,7 @@ FORMAT = "webly-synthbench/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
+PARTIAL = ".synthbench-partial"  # marks a root being (re)written by synthbench
 MAX_TRIES = 50  # scene re-draws before settling for the last one (in practice a few at most)
 MAIN_RADIUS = (0.22, 0.30)  # classification: the labelled object, as a fraction of the side
 DISTRACTOR_RADIUS = (0.12, 0.18)  # classification: always smaller than the labelled object
@@ -68,7 +69,8 @@ def benchmark_classes(world: World, num_classes: int) -> list[int]:
     return sorted(range(world.num_concepts), key=lambda i: (-world.frequencies[i], i))[:num_classes]
 
 
-def voc_palette() -> list[int]:
+@functools.cache
+def voc_palette() -> tuple[int, ...]:
     """The Pascal VOC colour map (256 RGB entries, flat): label k gets VOC's colour for class k."""
     palette = []
     for k in range(256):
@@ -79,7 +81,7 @@ def voc_palette() -> list[int]:
             b |= ((k >> 2) & 1) << (7 - bit)
             k >>= 3
         palette += [r, g, b]
-    return palette
+    return tuple(palette)
 
 
 def _code(text: str) -> int:
@@ -117,8 +119,8 @@ class _Sampler:
     def distractor(self) -> int:
         return int(self.rng.choice(self.others, p=self.other_p))
 
-    def classification(self, label: int) -> tuple[Scene, int]:
-        """A scene whose largest, well visible object is class `label`; (scene, that object's position)."""
+    def classification(self, label: int) -> Scene:
+        """A scene whose largest, well visible object is class `label`."""
         rng, size = self.rng, self.size
         for _ in range(MAX_TRIES):
             main = self.spec(self.classes[label], MAIN_RADIUS, [], 0.3, 0.7)
@@ -132,7 +134,7 @@ class _Sampler:
             rest = [o.area for i, o in enumerate(scene.objects) if i != pos]
             if target.visible_fraction >= MAIN_MIN_VISIBLE and all(target.area > a for a in rest):
                 break
-        return scene, pos
+        return scene
 
     def dense(self, max_objects: int) -> tuple[Scene, list[tuple[int, int]]]:
         """1..max_objects class objects, each >= 25% visible, and 0-1 distractor; (scene, [(position, k)])."""
@@ -230,8 +232,8 @@ def _retained(edited_area: int, area: float, box: tuple[float, ...], size: int) 
 
 
 def _near_duplicate(world: World, corpus: SynthConfig, task: Task, classes: list[int], size: int,
-                    rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, np.ndarray, list]], str]:
-    """An edited copy of a corpus image: (image, [(k, mask, keypoints)] of its class objects, edit name).
+                    rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, np.ndarray, list]], str, dict]:
+    """An edited copy of a corpus image: (image, [(k, mask, keypoints)] of its class objects, edit, parameters).
     Crops that would cut the labelled object (classification) or leave a class object < 25% visible (dense)
     are re-drawn; the last resort is the same edit without its crop, which cuts nothing."""
     scene = corpus_scene(world, corpus, "train", task.corpus_index)
@@ -256,7 +258,7 @@ def _near_duplicate(world: World, corpus: SynthConfig, task: Task, classes: list
             break
     objects = [(classes.index(o.concept) + 1, out.masks[i], out.keypoints[i]) for i, o in enumerate(scene.objects)
                if o.concept in classes and areas[i] > 0]
-    return out.image, objects, edit
+    return out.image, objects, edit, out.params
 
 
 def _annotation(k: int, mask: np.ndarray, keypoints: list) -> dict[str, Any]:
@@ -272,48 +274,57 @@ def _annotation(k: int, mask: np.ndarray, keypoints: list) -> dict[str, Any]:
             "keypoints": flat, "num_keypoints": sum(1 for v in flat[2::3] if v > 0), "iscrowd": 0}
 
 
-def _write_image(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=JPEG_QUALITY)
+@dataclasses.dataclass
+class Rendered:
+    image: Image.Image
+    objects: list[tuple[int, np.ndarray, list]]  # dense: (class k in 1..C, visible mask, keypoints) to annotate
+    edit: str = ""  # near-duplicates: the edit applied to the corpus image
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # and its drawn parameters
+
+
+def render_task(bench: SynthBenchConfig, corpus: SynthConfig, task: Task) -> Rendered:
+    """The image of one task and the class objects it annotates: a pure function of the configs and the task."""
+    world = _world(corpus.num_concepts, corpus.seed, corpus.zipf)
+    classes = benchmark_classes(world, bench.num_classes)
+    rng = np.random.default_rng([bench.seed, _code(task.benchmark), _code(task.split), task.index])
+    size = bench.cls_image_size if task.benchmark == "classification" else bench.dense_image_size
+    if task.corpus_index >= 0:
+        return Rendered(*_near_duplicate(world, corpus, task, classes, size, rng))
+    if task.benchmark == "classification":
+        return Rendered(_Sampler(world, classes, size, rng).classification(task.label).image, [])
+    scene, annotated = _Sampler(world, classes, size, rng).dense(bench.max_objects)
+    return Rendered(scene.image, [(k, scene.objects[i].mask, scene.objects[i].keypoints) for i, k in annotated])
+
+
+def task_path(bench: SynthBenchConfig, corpus: SynthConfig, task: Task) -> str:
+    """The task's image path relative to the benchmark root: its id in `near_duplicates.json` and dedup."""
+    if task.benchmark == "classification":
+        world = _world(corpus.num_concepts, corpus.seed, corpus.zipf)
+        name = world.concepts[benchmark_classes(world, bench.num_classes)[task.label]].name
+        return f"classification/{task.split}/{name}/{task.name}.jpg"
+    if task.benchmark == "detection":
+        return f"detection/images/{task.split}/{task.name}.jpg"
+    return f"segmentation/JPEGImages/{task.name}.jpg"
 
 
 def run_task(bench: SynthBenchConfig, corpus: SynthConfig, task: Task) -> dict[str, Any]:
     """Render and write one benchmark image; returns what the split's index files need."""
-    world = _world(corpus.num_concepts, corpus.seed, corpus.zipf)
-    classes = benchmark_classes(world, bench.num_classes)
-    root = Path(bench.root)
-    rng = np.random.default_rng([bench.seed, _code(task.benchmark), _code(task.split), task.index])
-    size = bench.cls_image_size if task.benchmark == "classification" else bench.dense_image_size
-    edit = ""
-    if task.corpus_index >= 0:
-        image, objects, edit = _near_duplicate(world, corpus, task, classes, size, rng)
-    elif task.benchmark == "classification":
-        image, objects = _Sampler(world, classes, size, rng).classification(task.label)[0].image, []
-    else:
-        scene, annotated = _Sampler(world, classes, size, rng).dense(bench.max_objects)
-        image = scene.image
-        objects = [(k, scene.objects[i].mask, scene.objects[i].keypoints) for i, k in annotated]
-
-    record: dict[str, Any] = {"task": task, "edit": edit}
-    if task.benchmark == "classification":
-        rel = f"classification/{task.split}/{world.concepts[classes[task.label]].name}/{task.name}.jpg"
-        _write_image(image, root / rel)
-    elif task.benchmark == "detection":
-        rel = f"detection/images/{task.split}/{task.name}.jpg"
-        _write_image(image, root / rel)
-        record["annotations"] = [_annotation(k, m, p) for k, m, p in objects]
-    else:
-        rel = f"segmentation/JPEGImages/{task.name}.jpg"
-        _write_image(image, root / rel)
-        labels = np.zeros((size, size), dtype=np.uint8)
-        for k, mask, _ in objects:  # visible masks never overlap; distractors stay background
+    rendered = render_task(bench, corpus, task)
+    root, rel = Path(bench.root), task_path(bench, corpus, task)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    rendered.image.save(root / rel, format="JPEG", quality=JPEG_QUALITY)
+    record: dict[str, Any] = {"task": task, "edit": rendered.edit, "params": rendered.params, "id": rel}
+    if task.benchmark == "detection":
+        record["annotations"] = [_annotation(k, m, p) for k, m, p in rendered.objects]
+    elif task.benchmark == "segmentation":
+        labels = np.zeros(rendered.image.size[::-1], dtype=np.uint8)
+        for k, mask, _ in rendered.objects:  # visible masks never overlap; distractors stay background
             labels[mask] = k
         png = Image.fromarray(labels, "P")
         png.putpalette(voc_palette())
         out = root / "segmentation/SegmentationClass" / f"{task.name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         png.save(out, format="PNG")
-    record["id"] = rel
     return record
 
 
@@ -334,7 +345,13 @@ def _coco(split: str, records: list[dict[str, Any]], class_names: list[str], siz
 
 
 def _clear(root: Path) -> None:
-    """Remove what an earlier run wrote here (only the benchmark's own paths), the manifest first."""
+    """Remove what an earlier run wrote here, the manifest first; refuse to touch benchmarks it did not write."""
+    ours = (root / PARTIAL).exists() or (root / "manifest.json").exists() and (
+        json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT)
+    if not ours and any((root / name).exists() for name in BENCHMARKS):
+        raise ValueError(f"{root}: holds benchmarks that synthbench did not write; choose another root")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / PARTIAL).touch()  # until the manifest is written: a crash leaves a root we may clear again
     for name in ("manifest.json", "near_duplicates.json"):
         (root / name).unlink(missing_ok=True)
     for name in BENCHMARKS:
@@ -378,7 +395,8 @@ def write_benchmarks(bench: SynthBenchConfig, corpus: SynthConfig, processes: in
         if task.corpus_index >= 0:
             planted[task.benchmark] += 1
             truth.append({"id": record["id"], "benchmark": task.benchmark, "split": task.split,
-                          "corpus_key": f"train-{task.corpus_index:08d}", "edit": record["edit"]})
+                          "corpus_key": f"train-{task.corpus_index:08d}", "edit": record["edit"],
+                          "params": record["params"]})
     for split in SPLITS:
         chosen = [r for r in records if r["task"].benchmark == "detection" and r["task"].split == split]
         coco = _coco(split, chosen, names, bench.dense_image_size)
@@ -397,4 +415,5 @@ def write_benchmarks(bench: SynthBenchConfig, corpus: SynthConfig, processes: in
         "config": {"bench": dataclasses.asdict(bench), "corpus": dataclasses.asdict(corpus)},
     }
     atomic_write_json(root / "manifest.json", manifest)
+    (root / PARTIAL).unlink()
     return manifest

@@ -230,6 +230,8 @@ def test_group_options() -> None:
         "launcher": ["debug", "local", "slurm"],
         "logging": ["default"],
         "profile": ["demo", "paper", "tiny"],
+        "experiment": ["demo", "tiny"],
+        "task": ["classification", "detection", "instance", "pose", "semantic"],
     }
 
 
@@ -243,15 +245,15 @@ def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def _assert_lists_groups(out: str) -> None:
     assert "config groups (choose with group=option):" in out
     for group, options in group_options().items():
-        assert f"  {group:<9} {', '.join(options)}" in out.splitlines(), group
+        assert f"  {group:<11} {', '.join(options)}" in out.splitlines(), group
     assert "add --cfg to print the composed config and stop." in out
 
 
 def test_webly_help_lists_commands_and_groups(capsys: pytest.CaptureFixture[str]) -> None:
     out = _help(["--help"], capsys)
     assert out.startswith("usage: webly [-h] COMMAND ...")
-    for command in ("synth", "shards", "pretrain", "demo"):
-        assert f"    {command} " in out, command
+    for command in ("synth", "shards", "pretrain", "transfer", "dedup", "experiment", "report", "demo"):
+        assert f"    {command}" in out, command
     _assert_lists_groups(out)
 
 
