@@ -83,6 +83,7 @@ class ExperimentConfig:
     tasks: dict[str, TaskSettings] = field(default_factory=dict)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # run only these (e.g. [data, pretrain])
     max_parallel: int = 2  # jobs at once with the local launcher
+    group_transfers: bool = False  # one job per trunk (all its tasks) instead of one per transfer run
     threads_per_job: int = 1
 
 

@@ -29,15 +29,17 @@ from webly.launch import make_executor
 
 @dataclass
 class Spec:
-    """One job of a stage: what to call, on what, and where its results go."""
+    """One job of a stage: what to call, on what, and how to tell it has already been done."""
 
     stage: str
     name: str
     fn: Callable[..., Any]
     arg: Any
-    run_dir: Path
-    config: dict[str, Any] | None  # the stage config whose hash marks the run done; None: always run
-    done_file: str = "manifest.json"  # where that mark is kept in run_dir
+    done: Callable[[], bool] = lambda: False
+
+
+def _done_when(run_dir: Path | str, config: dict[str, Any], filename: str = "manifest.json") -> Callable[[], bool]:
+    return lambda: is_done(run_dir, config, filename)
 
 
 def experiment_dir(cfg: WeblyConfig) -> Path:
@@ -68,34 +70,52 @@ def pretrain_cells(cfg: WeblyConfig) -> list[WeblyConfig]:
     return cells
 
 
-def transfer_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path) -> list[Spec]:
-    """Every (pretrained or random-init trunk) x task x mode transfer run."""
-    exp, grid = experiment_dir(cfg), cfg.experiment.grid
+def transfer_configs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path) -> list[list[TransferConfig]]:
+    """Every (pretrained or random-init trunk) x task x mode transfer run, grouped by trunk."""
+    exp, grid, base = experiment_dir(cfg), cfg.experiment.grid, cfg.experiment.transfer
     inits: list[tuple[str, str, ModelConfig]] = [(c.name, str(jobs.pretrain_run_dir(c)), c.model) for c in cells]
     if grid.baseline:
-        for model_name in grid.models:
-            inits.append((f"random-{model_name}", "", load_option("model", model_name, ModelConfig)))
-    specs = []
+        inits += [(f"random-{m}", "", load_option("model", m, ModelConfig)) for m in grid.models]
+    groups = []
     for init_name, init_dir, model in inits:
+        group = []
         for task in grid.tasks:
             settings = cfg.experiment.tasks.get(task)
-            base = cfg.experiment.transfer
             overrides = {k: v for k, v in dataclasses.asdict(settings).items() if v} if settings else {}
             for mode in grid.modes:
                 run_dir = exp / "transfer" / f"{init_name}-{task}-{mode}"
-                tcfg: TransferConfig = dataclasses.replace(
-                    base,
-                    task=task,
-                    mode=mode,
-                    init=init_dir,
-                    model=model,
-                    benchmark=cfg.experiment.bench.root,
-                    dedup=str(dedup_json),
-                    threads=cfg.experiment.threads_per_job,
-                    run_dir=str(run_dir),
-                    **overrides,
+                group.append(
+                    dataclasses.replace(
+                        base,
+                        task=task,
+                        mode=mode,
+                        init=init_dir,
+                        model=model,
+                        benchmark=cfg.experiment.bench.root,
+                        dedup=str(dedup_json),
+                        threads=cfg.experiment.threads_per_job,
+                        run_dir=str(run_dir),
+                        **overrides,
+                    )
                 )
-                specs.append(Spec("transfer", run_dir.name, jobs.transfer_job, tcfg, run_dir, dataclasses.asdict(tcfg)))
+        groups.append(group)
+    return groups
+
+
+def transfer_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path) -> list[Spec]:
+    """One job per transfer run, or (`experiment.group_transfers`) one per trunk running its tasks in turn,
+    which saves the start-up of a Python process per run on a small machine."""
+    specs = []
+    for group in transfer_configs(cfg, cells, dedup_json):
+        dones = [_done_when(t.run_dir, dataclasses.asdict(t)) for t in group]
+        if cfg.experiment.group_transfers:
+            name = Path(group[0].run_dir).name.rsplit("-", 2)[0]
+            specs.append(Spec("transfer", name, jobs.transfer_group_job, group, lambda d=dones: all(f() for f in d)))
+        else:
+            specs += [
+                Spec("transfer", Path(t.run_dir).name, jobs.transfer_job, t, d)
+                for t, d in zip(group, dones, strict=True)
+            ]
     return specs
 
 
@@ -105,7 +125,7 @@ def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -
     A failed job is recorded (with its log path) and does not stop the others.
     """
     results: dict[str, Any] = {}
-    pending = [s for s in specs if not (s.config is not None and is_done(s.run_dir, s.config, s.done_file))]
+    pending = [s for s in specs if not s.done()]
     for spec in specs:
         if spec not in pending:
             results[spec.name] = "done before"
@@ -115,31 +135,49 @@ def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -
     limit = max(1, cfg.experiment.max_parallel) if cfg.launcher.name == "local" else len(pending)
     running: list[tuple[Spec, submitit.Job]] = []
     with tqdm(total=len(pending), desc=f"{specs[0].stage} ({len(pending)} jobs)", unit="job") as bar:
-        while pending or running:
-            while pending and len(running) < limit:
-                spec = pending.pop(0)
-                job = make_executor(cfg.launcher, folder, f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
-                running.append((spec, job))
-                log.append(
-                    {
-                        "stage": spec.stage,
-                        "name": spec.name,
-                        "job_id": job.job_id,
-                        "stdout": str(job.paths.stdout),
-                        "stderr": str(job.paths.stderr),
-                        "run_dir": str(spec.run_dir),
-                    }
-                )
-            for spec, job in [r for r in running if r[1].done()]:
-                running.remove((spec, job))
-                bar.update()
-                try:
-                    results[spec.name] = job.result()
-                except Exception as err:  # any failure of the job: keep going, report it at the end
-                    results[spec.name] = err
-                    tqdm.write(f"[webly] {spec.stage} {spec.name} failed; log: {job.paths.stderr}")
-            time.sleep(0.2)
+        try:
+            _drive(cfg, folder, limit, pending, running, results, log, bar)
+        except KeyboardInterrupt:  # local jobs would outlive us: stop them, their checkpoints let a re-run resume
+            for _, job in running:
+                job.cancel(check=False)
+            raise
     return results
+
+
+def _drive(
+    cfg: WeblyConfig,
+    folder: Path,
+    limit: int,
+    pending: list[Spec],
+    running: list,
+    results: dict[str, Any],
+    log: list[dict[str, Any]],
+    bar: tqdm,
+) -> None:
+    """Keep up to `limit` jobs running until every pending spec has finished."""
+    while pending or running:
+        while pending and len(running) < limit:
+            spec = pending.pop(0)
+            job = make_executor(cfg.launcher, folder, f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
+            running.append((spec, job))
+            log.append(
+                {
+                    "stage": spec.stage,
+                    "name": spec.name,
+                    "job_id": job.job_id,
+                    "stdout": str(job.paths.stdout),
+                    "stderr": str(job.paths.stderr),
+                }
+            )
+        for spec, job in [r for r in running if r[1].done()]:
+            running.remove((spec, job))
+            bar.update()
+            try:
+                results[spec.name] = job.result()
+            except Exception as err:  # any failure of the job: keep going, report it at the end
+                results[spec.name] = err
+                tqdm.write(f"[webly] {spec.stage} {spec.name} failed; log: {job.paths.stderr}")
+        time.sleep(0.2)
 
 
 def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
@@ -155,39 +193,36 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
         outcome[name] = _run_stage(cfg, specs, log) if name in wanted and specs else {}
         return outcome[name]
 
-    corpus_root, bench_root = Path(cfg.data.root), Path(cfg.experiment.bench.root)
-    _raise_failures(
-        stage(
+    corpus, bench = cfg.data.root, cfg.experiment.bench.root
+    data = [
+        Spec(
             "data",
-            [
-                Spec(
-                    "data",
-                    "corpus",
-                    jobs.synth_job,
-                    cfg,
-                    corpus_root,
-                    jobs.synth_stage_config(cfg),
-                    jobs.DATA_STAGE_FILE,
-                ),
-                Spec(
-                    "data",
-                    "benchmarks",
-                    jobs.bench_job,
-                    cfg,
-                    bench_root,
-                    jobs.bench_stage_config(cfg),
-                    jobs.DATA_STAGE_FILE,
-                ),
-            ],
+            "corpus",
+            jobs.synth_job,
+            cfg,
+            _done_when(corpus, jobs.synth_stage_config(cfg), jobs.DATA_STAGE_FILE),
         ),
-        "data",
-    )
+        Spec(
+            "data",
+            "benchmarks",
+            jobs.bench_job,
+            cfg,
+            _done_when(bench, jobs.bench_stage_config(cfg), jobs.DATA_STAGE_FILE),
+        ),
+    ]
+    _raise_failures(stage("data", data), "data")
 
     cells = pretrain_cells(cfg)
     pretrained = stage(
         "pretrain",
         [
-            Spec("pretrain", c.name, jobs.pretrain_job, c, jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))
+            Spec(
+                "pretrain",
+                c.name,
+                jobs.pretrain_job,
+                c,
+                _done_when(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c)),
+            )
             for c in cells
         ],
     )
@@ -196,25 +231,17 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
     dedup_dir = exp / "dedup"
     if done_cells:
         reference = jobs.dedup_reference(done_cells)
-        _raise_failures(
-            stage(
-                "dedup",
-                [
-                    Spec(
-                        "dedup",
-                        "dedup",
-                        jobs.dedup_job,
-                        (cfg, reference, str(dedup_dir)),
-                        dedup_dir,
-                        jobs.dedup_stage_config(cfg, reference),
-                    )
-                ],
-            ),
+        dedup = Spec(
             "dedup",
+            "dedup",
+            jobs.dedup_job,
+            (cfg, reference, str(dedup_dir)),
+            _done_when(dedup_dir, jobs.dedup_stage_config(cfg, reference)),
         )
+        _raise_failures(stage("dedup", [dedup]), "dedup")
 
     stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
-    report = stage("report", [Spec("report", "report", jobs.report_job, (cfg, str(exp)), exp / "report", None)])
+    report = stage("report", [Spec("report", "report", jobs.report_job, (cfg, str(exp)))])
     _raise_failures(report, "report")
 
     failures = {

@@ -120,6 +120,21 @@ def transfer_job(cfg: TransferConfig) -> dict[str, Any]:
     return run_transfer(cfg)
 
 
+def transfer_group_job(cfgs: list[TransferConfig]) -> dict[str, Any]:
+    """Several transfer runs of one trunk in one process; one failing does not stop the others."""
+    results: dict[str, Any] = {}
+    for cfg in cfgs:
+        try:
+            results[Path(cfg.run_dir).name] = run_transfer(cfg)
+        except Exception as err:  # recorded in the run's manifest, reported by the experiment
+            write_manifest(cfg.run_dir, "transfer", "failed", dataclasses.asdict(cfg), error=repr(err))
+            results[Path(cfg.run_dir).name] = repr(err)
+    failed = {k: v for k, v in results.items() if isinstance(v, str)}
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cfgs)} transfer runs failed: {failed}")
+    return results
+
+
 def report_job(args: tuple[WeblyConfig, str]) -> dict[str, Any]:
     """Collect the experiment's results into the scaling report."""
     from webly.report import build_report
