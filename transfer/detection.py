@@ -32,6 +32,8 @@ from transfer.config import DenseConfig, TransferConfig
 
 FEATURE_MAPS = ["0", "1", "2", "3"]  # RoI pooling reads the stride 4-32 levels, as torchvision's R-CNNs do
 BOX_POOL, MASK_POOL, KEYPOINT_POOL = 5, 10, 10  # RoIAlign grids (torchvision: 7, 14, 14)
+# one bilinear sample per bin (torchvision: 2x2): RoIAlign's CPU backward is the costliest op after the
+# convolutions; on 96-px images the bins span about one feature cell, so nothing is skipped over
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 GRAD_CLIP = 10.0  # random-init trunks at lr 0.02 can spike early; clipping keeps the short runs finite
 

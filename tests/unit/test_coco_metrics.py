@@ -174,6 +174,7 @@ def test_dataset_targets_and_ids(bench: Path) -> None:
 
 def test_flip_swaps_left_and_right(bench: Path) -> None:
     assert flip_index(NAMES) == [0, 2, 1, 4, 3]
+    assert flip_index(["top", "right", "bottom", "left", "centre"]) == [0, 3, 2, 1, 4]  # synthweb's names
     assert flip_index(["a", "b", "c"]) == [0, 1, 2]
     dataset = CocoDense(bench, "test", "pose")
     image, target = dataset[1]  # box [10, 10, 20, 20]: left_ear at (12, 12), right_ear at (28, 12)
