@@ -93,23 +93,34 @@ _SHAPE_FNS: dict[str, ShapeFn] = {
 
 @cache
 def _shape_geometry(shape: str) -> tuple[float, np.ndarray]:
-    """Area (in units of radius^2) and the NUM_KEYPOINTS canonical keypoints (in the unit frame) of a shape.
-
-    The outline keypoints are the shape's extreme points up, right, down and left in its own frame (the
-    extreme point nearest the middle of the extreme edge, so it always lies on the shape)."""
+    """Area (in units of radius^2) and the outline points (unit frame) of a shape, sampled on a fine grid."""
     step = 2.1 / 420
     g = np.arange(-1.05, 1.05, step) + step / 2
     u, v = np.meshgrid(g, g)
     inside = _SHAPE_FNS[shape](u, v)
-    pu, pv = u[inside], v[inside]
+    padded = np.pad(inside, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = inside & ~interior
+    return float(inside.sum() * step * step), np.stack([u[edge], v[edge]], axis=1)
+
+
+def _keypoints(shape: str, spec: ObjectSpec) -> list[tuple[float, float]]:
+    """The topmost, rightmost, bottommost and leftmost points of the object's outline in the image, then its
+    centre. Extremes of the silhouette as drawn (not of the shape's own frame), so a model can see them:
+    a rotated circle has the same top. On a flat extreme edge the point nearest the edge's middle is used."""
+    _, outline = _shape_geometry(shape)
+    c, s = math.cos(spec.rotation), math.sin(spec.rotation)
+    xs = spec.x + spec.radius * (outline[:, 0] * c - outline[:, 1] * s)
+    ys = spec.y + spec.radius * (outline[:, 0] * s + outline[:, 1] * c)
+    tolerance = 0.02 * spec.radius
     points = []
-    for key, sign in ((pv, -1), (pu, 1), (pv, 1), (pu, -1)):  # top, right, bottom, left
-        extreme = sign * key >= (sign * key).max() - 1.5 * step
-        cu, cv = pu[extreme], pv[extreme]
-        j = np.argmin((cu - cu.mean()) ** 2 + (cv - cv.mean()) ** 2)
-        points.append((cu[j], cv[j]))
-    points.append((0.0, 0.0))
-    return float(inside.sum() * step * step), np.asarray(points)
+    for key, sign in ((ys, -1), (xs, 1), (ys, 1), (xs, -1)):  # top, right, bottom, left
+        extreme = sign * key >= (sign * key).max() - tolerance
+        cx, cy = xs[extreme], ys[extreme]
+        j = int(np.argmin((cx - cx.mean()) ** 2 + (cy - cy.mean()) ** 2))
+        points.append((float(cx[j]), float(cy[j])))
+    points.append((spec.x, spec.y))
+    return points
 
 
 @cache
@@ -222,11 +233,10 @@ def render_scene(world: World, objects: list[ObjectSpec], size: int, rng: np.ran
     covered = np.zeros((size, size), dtype=bool)  # pixels taken by objects drawn after the current one
     for spec, mask in zip(reversed(objects), reversed(full_masks), strict=True):
         visible = mask & ~covered
-        area_unit, canon = _shape_geometry(world.concepts[spec.concept].shape)
+        shape = world.concepts[spec.concept].shape
+        area_unit, _ = _shape_geometry(shape)
         keypoints = []
-        for ku, kv in canon * spec.radius:
-            x = spec.x + ku * math.cos(spec.rotation) - kv * math.sin(spec.rotation)
-            y = spec.y + ku * math.sin(spec.rotation) + kv * math.cos(spec.rotation)
+        for x, y in _keypoints(shape, spec):
             inside = 0 <= x < size and 0 <= y < size
             vis = 0 if not inside else 1 if covered[int(y), int(x)] else 2
             keypoints.append((float(x), float(y), vis))

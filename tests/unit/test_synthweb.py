@@ -213,18 +213,21 @@ def test_masks_match_tight_bboxes_and_areas(world):
     assert checked > 300
 
 
-def test_keypoints_follow_the_object_frame(world):
+def test_keypoints_are_the_extremes_of_the_drawn_silhouette(world):
     assert NUM_KEYPOINTS == len(KEYPOINT_NAMES) == 5
     assert all(0 <= a < NUM_KEYPOINTS and 0 <= b < NUM_KEYPOINTS for a, b in KEYPOINT_SKELETON)
     circle = next(c for c in world.concepts if c.shape == "circle")
+    diamond = next(c for c in world.concepts if c.shape == "diamond")  # |u| / 0.62 + |v| <= 1: tall
     rng = np.random.default_rng(4)
-    for rotation in (0.0, math.pi / 2):
-        (obj,) = render_scene(world, [ObjectSpec(circle.index, 32, 32, 20, rotation)], 64, rng).objects
+    tall = [(32, 12), (44.4, 32), (32, 52), (19.6, 32), (32, 32)]
+    wide = [(32, 19.6), (52, 32), (32, 44.4), (12, 32), (32, 32)]  # a quarter turn lays it on its side
+    round_ = [(32, 12), (52, 32), (32, 52), (12, 32), (32, 32)]  # a circle looks the same whatever its turn
+    cases = [(circle, 0.0, round_), (circle, math.pi / 2, round_), (circle, 1.0, round_),
+             (diamond, 0.0, tall), (diamond, math.pi / 2, wide)]
+    for concept, rotation, expected in cases:
+        (obj,) = render_scene(world, [ObjectSpec(concept.index, 32, 32, 20, rotation)], 64, rng).objects
         points = np.array([(x, y) for x, y, _ in obj.keypoints])
-        expected = np.array([(32, 12), (52, 32), (32, 52), (12, 32), (32, 32)], dtype=float)
-        if rotation:  # a quarter turn clockwise: top goes right, right goes down, ...
-            expected = expected[[1, 2, 3, 0, 4]]
-        np.testing.assert_allclose(points, expected, atol=0.6)
+        np.testing.assert_allclose(points, np.array(expected, dtype=float), atol=0.6)
         assert [v for *_, v in obj.keypoints] == [2] * NUM_KEYPOINTS
 
     # Half outside the image: those keypoints are flagged 0, and all are flagged by the image bounds.
