@@ -74,3 +74,13 @@ def test_report_from_run_directories(tmp_path: Path) -> None:
     assert "## detection (AP)" in text and "random init" in text
     assert "| detection | 100 | 8 | 0.080 |" in text
     assert "precision **1.000**, recall **0.900**" in text
+
+
+def test_report_goes_to_an_offline_wandb_run(tmp_path: Path) -> None:
+    exp = tmp_path / "experiments" / "study"
+    for size in (500, 5000):
+        _pretrain_run(exp, f"d-{size}", size, 10, "tiny")
+        _transfer_run(exp, str(exp / "pretrain" / f"d-{size}"), "tiny", 10, 0.1)
+    build_report(exp, WandbConfig(mode="offline"))
+    run_files = list((exp / "report").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1 and run_files[0].stat().st_size > 0
