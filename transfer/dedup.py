@@ -1,14 +1,23 @@
 """De-duplicate the transfer test sets against the pretraining corpus (Sun et al. 2017 removed such images).
 
-A test image is flagged when its nearest corpus image is close in perceptual hash (Hamming distance, FAISS
-`IndexBinaryFlat`) or in CNN embedding (cosine, FAISS `IndexFlatIP` on unit vectors). When the benchmark
-ships `near_duplicates.json` (the planted edited copies), the flagged set is scored against it, for each
-descriptor alone and together, with a threshold sweep. Source images and shards are only ever read.
+Absolute similarity does not separate edited copies from new renders of the same world (the hard negatives: a
+test image of a brown disc on purple is close to every corpus image of a brown disc on purple). What does is a
+*margin*: how much closer the test image is to its best corpus image than to the best *other* one, as in Lowe's
+ratio test. Every corpus image is indexed by several views (the full image plus zoomed crops, so a cropped copy
+meets a view showing its region); a test image is searched against all views (FAISS exact inner product), and
+its best view of the best image gives s1, the best view of the best other image s2. A test image is flagged when
+its perceptual hash is within `hash_threshold` bits of a corpus hash (exact and light copies, and copies of
+images the corpus holds twice, where no margin exists) OR its margin reaches `margin_threshold`.
+
+When the benchmark ships `near_duplicates.json` (the planted edited copies), the flagged set is scored against it,
+overall, per benchmark and per edit, for each rule alone and with threshold sweeps. Sources are only ever read.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +27,21 @@ import torch
 
 from pretrain.atomic import atomic_write_json, read_json
 from pretrain.config import ModelConfig
+from transfer import descriptors
 from transfer.backbone import load_trunk, trunk_model_config
 from transfer.config import DedupConfig
-from transfer.descriptors import CACHE_NAME, Descriptors, Embedder, corpus_descriptors, decode_side, describe
+from transfer.descriptors import FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-COSINE_SWEEP = [round(0.80 + 0.01 * i, 2) for i in range(20)]  # 0.80 .. 0.99
+DESCRIPTORS = ("tiny", "cnn")
+MARGINS = ("ratio", "difference")
 HASH_SWEEP = list(range(17))  # 0 .. 16 bits
+MARGIN_SWEEP = [round(0.025 * i, 3) for i in range(40)]  # 0.000 .. 0.975
+SIMILARITY_SWEEP = [round(0.80 + 0.01 * i, 2) for i in range(20)]  # 0.80 .. 0.99: absolute s1, for comparison
+TWIN_CANDIDATES = 3  # distinct corpus images after the best one looked at for the second match
+DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid")}
 
 
 def _images_in(folder: Path, pattern: str) -> list[Path]:
@@ -59,12 +74,66 @@ def nearest_hash(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, n
     return distances[:, 0].astype(np.int64), indices[:, 0]
 
 
-def nearest_cosine(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity to, and index of, the nearest corpus embedding (inner product of unit vectors)."""
-    index = faiss.IndexFlatIP(corpus.shape[1])
-    index.add(np.ascontiguousarray(corpus, dtype=np.float32))
-    similarities, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
-    return similarities[:, 0].astype(np.float64), indices[:, 0]
+@dataclass
+class Matches:
+    """Per query: cosine s1 to the best corpus image (through its view `view`) and s2 to the best other one."""
+
+    s1: np.ndarray
+    image1: np.ndarray
+    view: np.ndarray
+    s2: np.ndarray  # -1 when the corpus holds no other image
+    image2: np.ndarray  # -1 when none was found among the candidates
+
+
+def nearest_two(
+    queries: np.ndarray, corpus: np.ndarray, views: int, twin_cosine: float = 1.0, chunk_images: int = 4096,
+) -> Matches:
+    """Best and second-best corpus *images* of each query, each by its best view (`corpus`: image-major views).
+
+    Exact: the top (1 + TWIN_CANDIDATES) * views + 1 views hold the best views of that many distinct images.
+    A candidate whose full view has cosine >= `twin_cosine` with the best image's is a twin of it (the corpus
+    holds that photo twice) and is skipped: a copy must not be its own hard negative. When every candidate is a
+    twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards not flagging). The corpus
+    is searched in chunks of images made float32 one at a time, so only the float16 descriptors stay resident.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = (1 + TWIN_CANDIDATES) * views + 1
+    sims, ids = [], []  # per chunk: its top k, as global view indices
+    for start in range(0, len(corpus), chunk_images * views):
+        block = np.ascontiguousarray(corpus[start:start + chunk_images * views], dtype=np.float32)
+        s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)  # flat, no copy
+        sims.append(s)
+        ids.append(np.where(i >= 0, i + start, -1))
+    sim, idx = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    sim, idx = np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
+    image = np.where(idx >= 0, idx // views, -1)
+    out = Matches(sim[:, 0].astype(np.float64), image[:, 0], idx[:, 0] % views,
+                  np.full(len(queries), -1.0), np.full(len(queries), -1, dtype=np.int64))
+    for row in range(len(queries)):
+        first = image[row, 0]
+        twins: set[int] = set()
+        for col in range(1, sim.shape[1]):
+            other = int(image[row, col])
+            if other < 0 or other == first or other in twins:
+                continue
+            full = corpus[first * views].astype(np.float32) @ corpus[other * views].astype(np.float32)
+            if full >= twin_cosine:
+                twins.add(other)
+                out.s2[row] = sim[row, col]  # the bound, should no non-twin follow
+                continue
+            out.s2[row], out.image2[row] = sim[row, col], other
+            break
+    return out
+
+
+def margin_score(s1: np.ndarray, s2: np.ndarray, kind: str) -> np.ndarray:
+    """ratio: 1 - d1 / d2 with d = |q - c| = sqrt(2 - 2 cos) (Lowe's ratio test; 1 for an exact copy whatever s2
+    is, 0 when the best image is no closer than the next); difference: s1 - s2."""
+    if kind == "difference":
+        return s1 - s2
+    d1, d2 = np.sqrt(np.maximum(2 - 2 * s1, 0.0)), np.sqrt(np.maximum(2 - 2 * s2, 0.0))
+    return 1 - d1 / np.maximum(d2, 1e-6)
 
 
 def scores(flagged: set[str], truth: set[str]) -> dict[str, Any]:
@@ -98,31 +167,49 @@ def _sweep(ids: list[str], values: np.ndarray, thresholds: list, truth: set[str]
 
 
 def evaluate(
-    ids: list[str], hash_distance: np.ndarray | None, cosine: np.ndarray | None, flagged: np.ndarray,
-    cfg: DedupConfig, truth_records: list[dict[str, Any]], matched_keys: dict[str, str],
+    ids: list[str], hash_distance: np.ndarray | None, margin: np.ndarray | None, similarity: np.ndarray | None,
+    flagged: np.ndarray, cfg: DedupConfig, truth_records: list[dict[str, Any]], matched_keys: dict[str, str],
 ) -> dict[str, Any]:
-    """Score the flagged set, each descriptor alone at its threshold, and threshold sweeps, against the
-    planted near-duplicates. Ground-truth ids that are not test images are listed, not scored."""
+    """Score the flagged set, each rule alone at its threshold, recall per edit, and threshold sweeps, against
+    the planted near-duplicates. Ground-truth ids that are not test images are listed, not scored."""
     known = set(ids)
     truth = {r["id"] for r in truth_records if r["id"] in known}
     result: dict[str, Any] = {
         "ground_truth": len(truth),
         "missing_ids": sorted({r["id"] for r in truth_records} - known),
         **_scored(ids, flagged, truth),
-        "hash_only": None, "cnn_only": None, "sweep": {},
+        "hash_only": None, "margin_only": None, "per_edit": {}, "sweep": {},
     }
+    found = {i for i, m in zip(ids, flagged, strict=True) if m}
+    by_edit: dict[str, list[str]] = defaultdict(list)
+    for record in truth_records:
+        if record["id"] in known:
+            by_edit[str(record.get("edit", "?"))].append(record["id"])
+    for edit, members in sorted(by_edit.items()):
+        hits = len(found.intersection(members))
+        result["per_edit"][edit] = {"planted": len(members), "found": hits, "recall": round(hits / len(members), 6)}
     if hash_distance is not None:
         result["hash_only"] = _scored(ids, hash_distance <= cfg.hash_threshold, truth)
         result["sweep"]["hash"] = _sweep(ids, hash_distance, HASH_SWEEP, truth, below=True)
-    if cosine is not None:
-        result["cnn_only"] = _scored(ids, cosine >= cfg.cnn_threshold, truth)
-        result["sweep"]["cnn"] = _sweep(ids, cosine, COSINE_SWEEP, truth, below=False)
+    if margin is not None and similarity is not None:
+        result["margin_only"] = _scored(ids, margin >= cfg.margin_threshold, truth)
+        result["sweep"]["margin"] = _sweep(ids, margin, MARGIN_SWEEP, truth, below=False)
+        result["sweep"]["similarity"] = _sweep(ids, similarity, SIMILARITY_SWEEP, truth, below=False)
     # Did a correctly flagged copy match the very corpus image it was made from?
     true_keys = {r["id"]: r.get("corpus_key") for r in truth_records}
     hits = [i for i in matched_keys if i in truth and true_keys.get(i)]
     correct = sum(matched_keys[i] == true_keys[i] for i in hits)
     result["corpus_key_accuracy"] = round(correct / len(hits), 6) if hits else None
     return result
+
+
+def _check(cfg: DedupConfig) -> None:
+    if not (cfg.use_hash or cfg.descriptor):
+        raise ValueError("dedup: use_hash is false and no descriptor is set; nothing to compare")
+    if cfg.descriptor and cfg.descriptor not in DESCRIPTORS:
+        raise ValueError(f"dedup.descriptor={cfg.descriptor!r}: expected one of {DESCRIPTORS} or ''")
+    if cfg.margin not in MARGINS:
+        raise ValueError(f"dedup.margin={cfg.margin!r}: expected one of {MARGINS}")
 
 
 def run_dedup(
@@ -138,66 +225,82 @@ def run_dedup(
 ) -> dict[str, Any]:
     """Flag the benchmark test images that near-duplicate corpus images; write `out_dir/dedup.json`.
 
-    The trunk is `trunk_init`'s pretrained trunk, or a random one (`model_cfg`, `seed`) when it is empty.
-    Corpus descriptors are cached in `out_dir/corpus_descriptors.npz`. Returns the written JSON dict.
-    `threads` > 0 sets torch's intra-op threads for the run (restored after); 0 leaves torch's default.
+    With descriptor "cnn" the trunk is `trunk_init`'s pretrained trunk, or a random one (`model_cfg`, `seed`)
+    when it is empty; "tiny" needs no trunk. Corpus descriptors are cached in `out_dir/corpus_descriptors.npz`.
+    Returns the written JSON dict. `threads` > 0 sets torch's and FAISS's threads for the run (restored after).
     """
-    previous = torch.get_num_threads()
+    previous, previous_omp = torch.get_num_threads(), faiss.omp_get_max_threads()
     if threads > 0:
         torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
     try:
         return _run_dedup(corpus_root, benchmark_root, out_dir, cfg, trunk_init, model_cfg, seed, progress)
     finally:
         torch.set_num_threads(previous)
+        faiss.omp_set_num_threads(previous_omp)
+
+
+def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int) -> Describer | None:
+    if cfg.descriptor == "tiny":
+        return descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight)
+    if cfg.descriptor == "cnn":
+        trunk = load_trunk(trunk_init, model_cfg, seed)
+        return descriptors.TrunkGrid(trunk, cfg.image_size, cfg.cnn_stage, cfg.cnn_grid)
+    return None
 
 
 def _run_dedup(
     corpus_root: str, benchmark_root: str, out_dir: str, cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig,
     seed: int, progress: bool,
 ) -> dict[str, Any]:
-    if not (cfg.use_hash or cfg.use_cnn):
-        raise ValueError("dedup: use_hash and use_cnn are both false; nothing to compare")
+    _check(cfg)
     started = time.perf_counter()
     tests = find_test_images(benchmark_root)
     if not tests:
         raise ValueError(f"{benchmark_root}: no test images of {', '.join(BENCHMARKS)}")
     hash_size = cfg.hash_size if cfg.use_hash else None
-    embedder = Embedder(load_trunk(trunk_init, model_cfg, seed), cfg.image_size) if cfg.use_cnn else None
-    side = decode_side(cfg.hash_size, cfg.image_size)
-    corpus, corpus_info = corpus_descriptors(corpus_root, Path(out_dir) / CACHE_NAME, hash_size, embedder, side,
-                                             cfg.batch_size, progress)
+    describer = _describer(cfg, trunk_init, model_cfg, seed)
+    boxes = view_boxes(cfg.view_fractions, cfg.view_grid) if describer else [FULL_VIEW]
+    # One decode side for every descriptor setting, so switching tiny <-> cnn keeps the cached hashes.
+    side = decode_side(hash_size, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions, default=1.0))
+    corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, Path(out_dir) / descriptors.CACHE_NAME, hash_size,
+                                                         describer, boxes, side, cfg.batch_size, progress)
     if not corpus.keys:
         raise ValueError(f"{corpus_root}: no decodable training image to compare against")
+    test_started = time.perf_counter()
     items = ((image_id, path.read_bytes()) for image_id, path in tests)
-    test: Descriptors = describe(items, hash_size, embedder, side, cfg.batch_size, total=len(tests),
+    test: Descriptors = describe(items, hash_size, describer, [FULL_VIEW], side, cfg.batch_size, total=len(tests),
                                  desc="test descriptors", progress=progress, strict=True)
     ids = test.keys
 
     search_started = time.perf_counter()
-    hash_distance = cosine = None
-    by_hash = by_cnn = np.zeros(len(ids), dtype=bool)  # a descriptor that is off flags nothing
+    hash_distance = margin = matches = None
+    by_hash = by_margin = np.zeros(len(ids), dtype=bool)  # a rule that is off flags nothing
     if test.hashes is not None:
         hash_distance, hash_index = nearest_hash(test.hashes, corpus.hashes)
         by_hash = hash_distance <= cfg.hash_threshold
-    if test.embeddings is not None:
-        cosine, cnn_index = nearest_cosine(test.embeddings, corpus.embeddings)
-        by_cnn = cosine >= cfg.cnn_threshold
-    flagged = by_hash | by_cnn
+    if test.vectors is not None:
+        matches = nearest_two(test.vectors, corpus.vectors, corpus.views, cfg.twin_cosine)
+        margin = margin_score(matches.s1, matches.s2, cfg.margin)
+        by_margin = margin >= cfg.margin_threshold
+    flagged = by_hash | by_margin
     search_seconds = time.perf_counter() - search_started
 
     records, matched_keys = [], {}
     for n in np.flatnonzero(flagged):
-        # The hash match names the corpus image when the hash fired (the stricter evidence), else the CNN's.
-        key = corpus.keys[hash_index[n]] if by_hash[n] else corpus.keys[cnn_index[n]]
-        matched_keys[ids[n]] = key
-        records.append({
-            "id": ids[n], "benchmark": benchmark_of(ids[n]), "corpus_key": key,
-            "hash_distance": None if hash_distance is None else int(hash_distance[n]),
-            "hash_key": None if hash_distance is None else corpus.keys[hash_index[n]],
-            "cosine": None if cosine is None else round(float(cosine[n]), 6),
-            "cnn_key": None if cosine is None else corpus.keys[cnn_index[n]],
-            "by": "both" if by_hash[n] and by_cnn[n] else "hash" if by_hash[n] else "cnn",
-        })
+        record: dict[str, Any] = {"id": ids[n], "benchmark": benchmark_of(ids[n])}
+        if hash_distance is not None:
+            record.update(hash_distance=int(hash_distance[n]), hash_key=corpus.keys[hash_index[n]])
+        if matches is not None:
+            record.update(margin=round(float(margin[n]), 6), similarity=round(float(matches.s1[n]), 6),
+                          second_similarity=round(float(matches.s2[n]), 6),
+                          margin_key=corpus.keys[matches.image1[n]], view=list(boxes[matches.view[n]]),
+                          second_key=corpus.keys[matches.image2[n]] if matches.image2[n] >= 0 else None)
+        # The hash match names the corpus image when the hash fired (the stricter evidence), else the margin's.
+        record["corpus_key"] = record["hash_key"] if by_hash[n] else record["margin_key"]
+        record["by"] = "both" if by_hash[n] and by_margin[n] else "hash" if by_hash[n] else "margin"
+        matched_keys[ids[n]] = record["corpus_key"]
+        records.append(record)
     per_benchmark = {}
     for name in BENCHMARKS:
         members = [n for n, i in enumerate(ids) if benchmark_of(i) == name]
@@ -212,22 +315,29 @@ def _run_dedup(
         truth = read_json(truth_path)
         if not isinstance(truth, list) or not all(isinstance(r, dict) and "id" in r for r in truth):
             raise ValueError(f"{truth_path}: expected a list of {{'id', 'benchmark', 'corpus_key', 'edit'}} records")
-        evaluation = evaluate(ids, hash_distance, cosine, flagged, cfg, truth, matched_keys)
-    model = trunk_model_config(trunk_init, model_cfg)
+        evaluation = evaluate(ids, hash_distance, margin, None if matches is None else matches.s1, flagged, cfg,
+                              truth, matched_keys)
+    trunk = None
+    if cfg.descriptor == "cnn":
+        model = trunk_model_config(trunk_init, model_cfg)
+        trunk = {"init": trunk_init, "depth": model.depth, "width": model.width, "seed": seed}
+    names = ["use_hash", "hash_size", "hash_threshold", "descriptor", "margin", "margin_threshold", "view_fractions",
+             "view_grid", "twin_cosine", *DESCRIBER_SETTINGS.get(cfg.descriptor, ())]
+    thresholds = {**{name: getattr(cfg, name) for name in names}, "views": len(boxes)}
     result = {
         "format": FORMAT,
         "corpus_root": str(corpus_root),
         "benchmark_root": str(benchmark_root),
-        "trunk": {"init": trunk_init, "depth": model.depth, "width": model.width, "seed": seed} if cfg.use_cnn
-        else None,
-        "thresholds": {"use_hash": cfg.use_hash, "hash_size": cfg.hash_size, "hash_threshold": cfg.hash_threshold,
-                       "use_cnn": cfg.use_cnn, "cnn_threshold": cfg.cnn_threshold, "image_size": cfg.image_size},
+        "trunk": trunk,
+        "thresholds": thresholds,
         "corpus": corpus_info,
         "test_images": len(ids),
         "flagged": records,
         "per_benchmark": per_benchmark,
         "evaluation": evaluation,
-        "seconds": {"total": round(time.perf_counter() - started, 3), "search": round(search_seconds, 4)},
+        "seconds": {"total": round(time.perf_counter() - started, 3),
+                    "corpus": round(test_started - started, 3),
+                    "test": round(search_started - test_started, 3), "search": round(search_seconds, 4)},
     }
     atomic_write_json(Path(out_dir) / "dedup.json", result)
     return result

@@ -1,18 +1,25 @@
-"""Near-duplicate descriptors: perceptual hashes (packed bits) and L2-normalised CNN embeddings.
+"""Near-duplicate descriptors: perceptual hashes (packed bits) and unit vectors of views of each image.
+
+A view is a box of the image (in fractions of its width and height) resized to a small square. Corpus images are
+described by several views (the full image and zoomed crops, `view_boxes`) so that a cropped copy in a test set
+meets a view that shows about the same region; test images are described by their full view only. Two vector
+descriptors exist: a standardised tiny image (`TinyImage`) and grid-pooled features of a trunk stage (`TrunkGrid`).
 
 Corpus descriptors are computed in one streaming pass over the training shards (only the descriptors are kept,
 never the decoded images) and cached in `corpus_descriptors.npz` next to the dedup output. Each part of the
-cache (hashes, embeddings) carries the fingerprint of what it depends on, so a second run with the same
-corpus and trunk reuses it, and a run with a new trunk recomputes only the embeddings.
+cache (hashes, tiny, cnn) carries the fingerprint of what it depends on, views included, so a second run with
+the same settings reuses it and a run with, say, a new trunk recomputes only that part.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +32,63 @@ from PIL import Image
 from tqdm import tqdm
 
 from pretrain.atomic import atomic_write
-from pretrain.images import center_crop, decode_rgb, to_float
+from pretrain.images import decode_rgb, to_float
 from pretrain.loader import IMAGE_KEYS
 from pretrain.shards import Dataset
 
-VERSION = 1  # bump when a descriptor's definition changes, so old caches are not reused
+VERSION = 2  # bump when a descriptor's definition changes, so old caches are not reused
 CACHE_NAME = "corpus_descriptors.npz"
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image's width and height
+FULL_VIEW: Box = (0.0, 0.0, 1.0, 1.0)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" conversion
+LUMA_FLOOR = 1.0  # grey levels added to the luma RMS: a flat view is not blown up into noise
+CHROMA_FLOOR = 4.0  # grey levels added to the chroma RMS: a near-grey view's JPEG colour noise stays small
+
+
+def view_boxes(fractions: Sequence[float], grid: int) -> list[Box]:
+    """The full image, then for each side fraction f a grid x grid lattice of f x f boxes spread from the top-left
+    to the bottom-right corner (grid 3: corners, edge midpoints and centre; grid 1: the centre only)."""
+    if grid < 1:
+        raise ValueError(f"view_grid={grid}: need at least one position per axis")
+    steps = [0.5] if grid == 1 else [i / (grid - 1) for i in range(grid)]
+    boxes = [FULL_VIEW]
+    for f in fractions:
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"view fraction {f}: a zoomed view keeps a fraction in (0, 1) of each side")
+        for y in steps:
+            for x in steps:
+                x0, y0 = x * (1 - f), y * (1 - f)
+                boxes.append((round(x0, 6), round(y0, 6), round(x0 + f, 6), round(y0 + f, 6)))
+    return boxes
+
+
+class ViewSampler:
+    """All views of an image at size x size in two matrix products, with the weights of PIL's antialiased
+    bilinear resize (a triangle filter widened by the downscale factor; equal to it up to rounding), kept per
+    image shape: ~4x faster than one `Image.resize(box=...)` per view."""
+
+    def __init__(self, boxes: Sequence[Box], size: int) -> None:
+        self.boxes, self.size = list(boxes), size
+        self._weights: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _axis(self, length: int, start: float, stop: float) -> np.ndarray:
+        scale = (stop - start) / self.size
+        centres = start + (np.arange(self.size) + 0.5) * scale
+        taps = np.maximum(0.0, 1.0 - np.abs(np.arange(length) + 0.5 - centres[:, None]) / max(scale, 1.0))
+        return taps / taps.sum(axis=1, keepdims=True)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 -> views x size x size x 3 float32."""
+        height, width = image.shape[:2]
+        if (height, width) not in self._weights:
+            rows = np.concatenate([self._axis(height, y0 * height, y1 * height) for _, y0, _, y1 in self.boxes])
+            cols = np.stack([self._axis(width, x0 * width, x1 * width) for x0, _, x1, _ in self.boxes])
+            self._weights[height, width] = rows.astype(np.float32), cols.astype(np.float32)
+        rows, cols = self._weights[height, width]
+        n, s = len(self.boxes), self.size
+        tall = (rows @ image.reshape(height, -1).astype(np.float32)).reshape(n, s, width, 3)  # rows resampled
+        wide = tall.transpose(0, 2, 1, 3).reshape(n, width, s * 3)
+        return (cols @ wide).reshape(n, s, s, 3).transpose(0, 2, 1, 3)  # then columns: n x s(rows) x s x 3
 
 
 def hash_bits(hash_size: int) -> int:
@@ -44,14 +102,15 @@ def phash_code(image: Image.Image, hash_size: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def decode_side(hash_size: int, image_size: int) -> int:
-    """The smallest side JPEG draft decoding may reduce to. It fixes the pixels both descriptors see, so it
-    is part of both fingerprints: corpus and test images must be decoded the same way."""
-    return max(image_size, 4 * hash_size)  # pHash resizes to 4 * hash_size before its DCT
+def decode_side(hash_size: int | None, view_size: int, min_fraction: float) -> int:
+    """The smallest side JPEG draft decoding may reduce to: the smallest view still gets >= view_size pixels
+    and pHash its 4 * hash_size. It fixes the pixels every descriptor sees, so it is part of the fingerprints:
+    corpus and test images must be decoded the same way."""
+    return math.ceil(max(view_size, 4 * (hash_size or 0)) / min_fraction)
 
 
 def trunk_fingerprint(trunk: torch.nn.Module) -> str:
-    """sha256 over the trunk's state (names, shapes, values): equal exactly when the embeddings would be."""
+    """sha256 over the trunk's state (names, shapes, values): equal exactly when the features would be."""
     digest = hashlib.sha256()
     for name, tensor in sorted(trunk.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
@@ -69,33 +128,80 @@ def corpus_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
-class Embedder:
-    """Pooled trunk features of center crops, L2-normalised, in inference mode (no autograd state)."""
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
-    def __init__(self, trunk: torch.nn.Module, image_size: int) -> None:
+
+class TinyImage:
+    """A view at size x size as luma and chroma, made blind to recolouring but not to the scene's colours.
+
+    Luma is standardised (zero mean, unit RMS), which cancels brightness and contrast. Chroma (B - Y, R - Y) is
+    divided by its RMS but not centred: saturation changes cancel while the background's hue, the strongest cue
+    between different renders of one synthetic world (per-channel standardisation would erase it), stays.
+    The two parts are weighted 1 : chroma_weight and the vector L2-normalised."""
+
+    kind = "tiny"
+
+    def __init__(self, size: int, chroma_weight: float) -> None:
+        self.input_size = size
+        self.chroma_weight = chroma_weight
+        self.spec = {"kind": self.kind, "size": size, "chroma_weight": chroma_weight}
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        rgb = views.astype(np.float32)  # B x s x s x 3
+        luma = rgb @ np.asarray(LUMA, np.float32)
+        chroma = np.stack([rgb[..., 2] - luma, rgb[..., 0] - luma], axis=-1)
+        luma -= luma.mean(axis=(1, 2), keepdims=True)
+        luma /= np.sqrt((luma**2).mean(axis=(1, 2), keepdims=True)) + LUMA_FLOOR
+        chroma /= np.sqrt((chroma**2).mean(axis=(1, 2, 3), keepdims=True)) + CHROMA_FLOOR
+        n = len(views)
+        # Per-element scaling by the part's size: with weight 1 both parts weigh the same in the vector.
+        parts = [luma.reshape(n, -1) / math.sqrt(luma[0].size),
+                 self.chroma_weight * chroma.reshape(n, -1) / math.sqrt(chroma[0].size)]
+        return _unit(np.concatenate(parts, axis=1))
+
+
+class TrunkGrid:
+    """Features of trunk stage `stage` (1..4) average-pooled to a grid x grid layout, L2-normalised: spatial
+    layout kept (global pooling maps different renders of one world to nearly the same vector)."""
+
+    kind = "cnn"
+
+    def __init__(self, trunk: torch.nn.Module, image_size: int, stage: int, grid: int) -> None:
+        if not 1 <= stage <= 4:
+            raise ValueError(f"cnn_stage={stage}: the trunk has stages 1..4")
         self.trunk = trunk.eval()
-        self.image_size = image_size
-        self.fingerprint = trunk_fingerprint(trunk)
+        self.input_size = image_size
+        self.stage, self.grid = stage, grid
+        self.spec = {"kind": self.kind, "trunk": trunk_fingerprint(trunk), "image_size": image_size,
+                     "stage": stage, "grid": grid}
 
-    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
         with torch.inference_mode():
-            features = self.trunk(to_float(batch)).float()
-        return torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
+            features = self.trunk.stages(to_float(batch))[self.stage - 1].float()
+            pooled = torch.nn.functional.adaptive_avg_pool2d(features, self.grid).flatten(1)
+        return _unit(pooled.numpy())
+
+
+Describer = TinyImage | TrunkGrid
 
 
 @dataclass
 class Descriptors:
     keys: list[str]
-    hashes: np.ndarray | None = None  # N x bytes uint8
-    embeddings: np.ndarray | None = None  # N x D float32, unit norm
+    hashes: np.ndarray | None = None  # N x bytes uint8: pHash of the full image
+    vectors: np.ndarray | None = None  # (N * views) x D float16 unit vectors, image-major (views of image 0 first)
+    views: int = 1
     skipped: Counter[str] = field(default_factory=Counter)
 
 
 def describe(
     items: Iterable[tuple[str, bytes]],
     hash_size: int | None,
-    embedder: Embedder | None,
+    describer: Describer | None,
+    boxes: Sequence[Box],
     side: int,
     batch_size: int,
     total: int | None = None,
@@ -103,13 +209,22 @@ def describe(
     progress: bool = True,
     strict: bool = False,
 ) -> Descriptors:
-    """Descriptors of encoded images, streamed: each image is decoded once, hashed at once, and its crop kept
-    only until its batch is embedded. Undecodable images raise when `strict`, else are counted and skipped."""
+    """Descriptors of encoded images, streamed: each image is decoded once, hashed at once, and its views kept
+    only until their batch (`batch_size` views) is described. Undecodable images raise when `strict`, else are
+    counted and skipped."""
     keys: list[str] = []
     hashes: list[np.ndarray] = []
-    embeddings: list[np.ndarray] = []
-    crops: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
     skipped: Counter[str] = Counter()
+    sampler = ViewSampler(boxes, describer.input_size) if describer is not None else None
+
+    def flush() -> None:
+        if pending:
+            # float16 halves the memory and the cache; cosine scores need only ~1e-3 precision
+            vectors.append(describer(np.stack(pending)).astype(np.float16))
+            pending.clear()
+
     for key, data in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
         try:
             image = decode_rgb(data, side)
@@ -121,18 +236,17 @@ def describe(
         keys.append(key)
         if hash_size is not None:
             hashes.append(phash_code(image, hash_size))
-        if embedder is not None:
-            crops.append(center_crop(image, embedder.image_size))
-            if len(crops) >= batch_size:
-                embeddings.append(embedder(crops))
-                crops = []
-    if embedder is not None and crops:
-        embeddings.append(embedder(crops))
-    out = Descriptors(keys, skipped=skipped)
+        if sampler is not None:
+            pending.extend(sampler(np.asarray(image)))
+            if len(pending) >= batch_size:
+                flush()
+    if describer is not None:
+        flush()
+    out = Descriptors(keys, views=len(boxes), skipped=skipped)
     if hash_size is not None:
         out.hashes = np.stack(hashes) if hashes else np.zeros((0, hash_bits(hash_size) // 8), np.uint8)
-    if embedder is not None:
-        out.embeddings = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
+    if describer is not None:
+        out.vectors = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float16)
     return out
 
 
@@ -163,13 +277,8 @@ def _load_cache(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | No
         return None
 
 
-def _save_cache(path: Path, meta: dict[str, Any], desc: Descriptors) -> None:
-    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, sort_keys=True)),
-                                     "keys": np.array(desc.keys, dtype=str)}
-    if desc.hashes is not None:
-        arrays["hashes"] = desc.hashes
-    if desc.embeddings is not None:
-        arrays["embeddings"] = desc.embeddings
+def _save_cache(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    arrays = {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays}
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
@@ -177,7 +286,8 @@ def corpus_descriptors(
     corpus_root: str | Path,
     cache_path: str | Path,
     hash_size: int | None,
-    embedder: Embedder | None,
+    describer: Describer | None,
+    boxes: Sequence[Box],
     side: int,
     batch_size: int,
     progress: bool = True,
@@ -185,16 +295,17 @@ def corpus_descriptors(
     """Descriptors of every training-shard image, from the cache when its fingerprints match; the parts that
     do not match (or are missing) are computed in one pass and the cache is rewritten atomically.
 
-    `hash_size` / `embedder` None: that part is not wanted. `side`: see `decode_side`.
-    Returns the descriptors and a summary: images, skipped counts, cache = hit | partial | miss.
+    `hash_size` / `describer` None: that part is not wanted. `boxes`: the views; `side`: see `decode_side`.
+    Returns the descriptors and a summary: images, views, skipped counts, cache = hit | partial | miss, and
+    for a pass over the corpus its seconds and images per second.
     """
     dataset = Dataset.open(corpus_root)
     cache_path = Path(cache_path)
-    want = {
-        "hashes": None if hash_size is None else {"hash_size": hash_size, "side": side},
-        "embeddings": None if embedder is None else {"trunk": embedder.fingerprint,
-                                                     "image_size": embedder.image_size, "side": side},
-    }
+    want: dict[str, Any] = {"hashes": None if hash_size is None else {"hash_size": hash_size, "side": side}}
+    if describer is not None:
+        # JSON round trip: the spec compares equal to the one read back from the cache (tuples become lists)
+        want[describer.kind] = json.loads(json.dumps({**describer.spec, "side": side, "views": len(boxes),
+                                                      "boxes": [list(b) for b in boxes]}))
     wanted = [part for part, spec in want.items() if spec is not None]
     fresh: dict[str, Any] = {"version": VERSION, "corpus": corpus_fingerprint(dataset), "parts": {}, "skipped": {}}
     meta, have = fresh, {}
@@ -203,26 +314,32 @@ def corpus_descriptors(
         meta, have = cached
     # A part is reused only when it was computed with exactly the wanted settings.
     todo = [part for part in wanted if meta["parts"].get(part) != want[part] or part not in have]
+    info: dict[str, Any] = {}
     if todo:
         skipped: Counter[str] = Counter()
+        started = time.perf_counter()
         computed = describe(
             iter_shards(dataset.train_urls(0), skipped),
             hash_size if "hashes" in todo else None,
-            embedder if "embeddings" in todo else None,
-            side, batch_size, total=dataset.train_samples(0), desc="corpus descriptors", progress=progress,
+            describer if describer is not None and describer.kind in todo else None,
+            boxes, side, batch_size, total=dataset.train_samples(0), desc="corpus descriptors", progress=progress,
         )
+        seconds = time.perf_counter() - started
         if "keys" in have and have["keys"].tolist() != computed.keys:
             # Same fingerprint but other images decoded: distrust the cache and describe everything afresh.
             cache_path.unlink()
-            return corpus_descriptors(corpus_root, cache_path, hash_size, embedder, side, batch_size, progress)
+            return corpus_descriptors(corpus_root, cache_path, hash_size, describer, boxes, side, batch_size, progress)
         skipped.update(computed.skipped)
         have["keys"] = np.array(computed.keys, dtype=str)
         for part in todo:
-            have[part] = getattr(computed, part)
+            have[part] = computed.hashes if part == "hashes" else computed.vectors
             meta["parts"][part] = want[part]
         meta["skipped"] = dict(skipped)
-        _save_cache(cache_path, meta, Descriptors(computed.keys, have.get("hashes"), have.get("embeddings")))
+        _save_cache(cache_path, meta, have)
+        info = {"seconds": round(seconds, 3), "images_per_second": round(len(computed.keys) / max(seconds, 1e-9), 1)}
     result = Descriptors(have["keys"].tolist(), have["hashes"] if want["hashes"] else None,
-                         have["embeddings"] if want["embeddings"] else None, Counter(meta["skipped"]))
+                         have[describer.kind] if describer is not None else None, len(boxes),
+                         Counter(meta["skipped"]))
     status = "miss" if len(todo) == len(wanted) else "partial" if todo else "hit"
-    return result, {"images": len(result.keys), "skipped": dict(meta["skipped"]), "cache": status}
+    return result, {"images": len(result.keys), "views": len(boxes), "skipped": dict(meta["skipped"]),
+                    "cache": status, **info}

@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "shards": "shard a folder of images with sidecar tag files (data.shards.input) into data.root",
     "pretrain": "pretrain a ResNet on the shards in data.root",
     "transfer": "transfer one trunk (transfer.init, empty: random init) to one task (task=...)",
-    "dedup": "flag benchmark test images that near-duplicate the corpus (CNN descriptors of transfer.init)",
+    "dedup": "flag benchmark test images that near-duplicate the corpus (writes dedup.json)",
     "experiment": "run or resume a whole scaling study (experiment=demo): data, pretrain, dedup, transfer, report",
     "report": "rebuild the scaling report of an experiment (experiment=NAME)",
     "demo": "the README's demo: `webly experiment experiment=demo` (the whole study, about 10 minutes on 2 cores)",

@@ -88,7 +88,7 @@ def pretrain_job(cfg: WeblyConfig) -> dict[str, Any]:
 def dedup_reference(cells: list[WeblyConfig]) -> tuple[str, ModelConfig]:
     """The trunk whose embeddings de-duplicate: the deepest model pretrained on the most data."""
     if not cells:
-        raise ValueError("no pretraining run finished: nothing to take CNN descriptors from")
+        raise ValueError("no pretraining run finished: no trunk to take dedup descriptors from")
     best = max(cells, key=lambda c: (c.data.subset or 1 << 30, c.model.depth, c.model.width))
     return str(pretrain_run_dir(best)), best.model
 

@@ -129,7 +129,7 @@ def _dedup_section(exp_dir: Path) -> list[str]:
     lines = [
         "## De-duplication",
         "",
-        "Test images that near-duplicate pretraining images (perceptual hash + CNN embeddings, FAISS).",
+        "Test images that near-duplicate pretraining images (perceptual hash, multi-view descriptors, FAISS).",
         "",
     ]
     per = dedup.get("per_benchmark", {})
