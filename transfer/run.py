@@ -52,8 +52,12 @@ def run_transfer(cfg: TransferConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     write_manifest(run_dir, "transfer", "running", config, inputs={"init": cfg.init or "random",
                                                                    "benchmark": cfg.benchmark, "dedup": cfg.dedup})
-    model = trunk_model_config(cfg.init, cfg.model)
-    result = _task_module(cfg.task).train_and_evaluate(cfg, excluded_ids(cfg.dedup))
+    try:
+        model = trunk_model_config(cfg.init, cfg.model)
+        result = _task_module(cfg.task).train_and_evaluate(cfg, excluded_ids(cfg.dedup))
+    except Exception as err:  # the manifest must not keep saying "running" for a run that died
+        write_manifest(run_dir, "transfer", "failed", config, error=repr(err))
+        raise
     result.update({"mode": cfg.mode, "init": cfg.init or "random", "depth": model.depth, "width": model.width,
                    "model": model.name})
     atomic_write_json(run_dir / "result.json", result)

@@ -27,7 +27,7 @@ from webly.config import WeblyConfig, load_option, run_name
 from webly.launch import make_executor
 
 
-@dataclass
+@dataclass(eq=False)  # specs are compared by identity: their args are large configs
 class Spec:
     """One job of a stage: what to call, on what, and how to tell it has already been done."""
 
@@ -125,10 +125,12 @@ def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -
     A failed job is recorded (with its log path) and does not stop the others.
     """
     results: dict[str, Any] = {}
-    pending = [s for s in specs if not s.done()]
-    for spec in specs:
-        if spec not in pending:
+    pending = []
+    for spec in specs:  # each done-check reads a manifest: ask once
+        if spec.done():
             results[spec.name] = "done before"
+        else:
+            pending.append(spec)
     if not pending:
         return results
     folder = Path(cfg.launcher.folder or experiment_dir(cfg) / "jobs")
@@ -213,7 +215,7 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
     _raise_failures(stage("data", data), "data")
 
     cells = pretrain_cells(cfg)
-    pretrained = stage(
+    stage(
         "pretrain",
         [
             Spec(
@@ -255,7 +257,7 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
     }
     atomic_write_json(exp / "experiment.json", summary)
-    return {**report.get("report", {}), **summary, "pretrained": pretrained}
+    return {**report.get("report", {}), **summary}
 
 
 def _raise_failures(results: dict[str, Any], stage: str) -> None:

@@ -126,8 +126,7 @@ def transfer_group_job(cfgs: list[TransferConfig]) -> dict[str, Any]:
     for cfg in cfgs:
         try:
             results[Path(cfg.run_dir).name] = run_transfer(cfg)
-        except Exception as err:  # recorded in the run's manifest, reported by the experiment
-            write_manifest(cfg.run_dir, "transfer", "failed", dataclasses.asdict(cfg), error=repr(err))
+        except Exception as err:  # run_transfer marked its manifest failed; the experiment reports it
             results[Path(cfg.run_dir).name] = repr(err)
     failed = {k: v for k, v in results.items() if isinstance(v, str)}
     if failed:

@@ -106,3 +106,14 @@ def test_semantic_segmentation_learns_squares(tmp_path: Path) -> None:
     assert result["test_images"] == {"full": 6, "dedup": 5}
     assert 0.0 <= result["metrics"]["dedup"]["mIoU"] <= 1.0
     assert result["metrics"]["full"]["mIoU"] > 0.3  # more than painting everything background (~0.27)
+
+
+def test_a_failing_transfer_run_is_marked_failed(tmp_path: Path) -> None:
+    from pretrain.atomic import read_json
+    from transfer.run import run_transfer
+
+    cfg = _cfg(tmp_path / "no-benchmark", "classification", "frozen", run_dir=str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="no such ImageFolder split"):
+        run_transfer(cfg)
+    manifest = read_json(tmp_path / "run" / "manifest.json")
+    assert manifest["status"] == "failed" and "FileNotFoundError" in manifest["error"]
