@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,12 @@ def _skip_row(skipped: Counter[str]) -> dict[str, int]:
     return {f"skipped/{reason}": int(skipped.get(reason, 0)) for reason in SKIP_REASONS}
 
 
-def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train a tagging model as `cfg` says, in `cfg.run_dir`; returns the run's summary."""
+def pretrain(cfg: PretrainConfig, stop_requested: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train a tagging model as `cfg` says, in `cfg.run_dir`; returns the run's summary.
+
+    `stop_requested` is asked after every step (e.g. "has Slurm announced a preemption?"): when it says yes,
+    the run saves a checkpoint at that step and returns with status "preempted"; a later call resumes there.
+    """
     if not cfg.run_dir:
         raise ValueError("run_dir is empty: the front door (`webly pretrain`) derives it from the config")
     run_dir = Path(cfg.run_dir)
@@ -153,15 +158,19 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     checkpoint()
                 if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
                     run_eval()
+                if stop_requested is not None and state.step < stop_at and stop_requested():
+                    checkpoint()
+                    stop_at = state.step
                 if state.batch_in_epoch == 0:
                     break
         finally:
             del batches  # shuts the epoch's workers down
     bar.close()
     if state.step < cfg.train.steps:
+        status = "stopped" if state.step == cfg.train.stop_after else "preempted"
         logger.finish({})
-        write_manifest(run_dir, "pretrain", "stopped", config_dict, stopped_at=state.step)
-        return {"step": state.step, "status": "stopped"}
+        write_manifest(run_dir, "pretrain", status, config_dict, stopped_at=state.step)
+        return {"step": state.step, "status": status}
 
     final = run_eval()
     outputs = _export(model, run_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,10 @@ import submitit
 from transfer.backbone import trunk_model_config
 from transfer.config import TransferConfig
 from webly.config import ConfigError, WeblyConfig, compose, group_options, to_yaml
+from webly.control import cancel_jobs, status_text
 from webly.experiment import experiment_dir, run_experiment
 from webly.jobs import dedup_job, pretrain_job, report_job, shards_job, synth_job, transfer_job
-from webly.launch import submit, wait
+from webly.launch import array_id, submit, submit_batch, wait
 
 COMMANDS: dict[str, str] = {
     "synth": "generate the synthetic web corpus as shards in data.root",
@@ -28,10 +30,44 @@ COMMANDS: dict[str, str] = {
     "pretrain": "pretrain a ResNet on the shards in data.root",
     "transfer": "transfer one trunk (transfer.init, empty: random init) to one task (task=...)",
     "dedup": "flag benchmark test images that near-duplicate the corpus (writes dedup.json)",
-    "experiment": "run or resume a whole scaling study (experiment=demo): data, pretrain, dedup, transfer, report",
+    "experiment": "run or resume a whole scaling study (experiment=demo): data, pretrain, dedup, transfer, report;"
+    " `webly experiment status|cancel experiment=NAME` shows or stops its jobs",
     "report": "rebuild the scaling report of an experiment (experiment=NAME)",
     "demo": "the README's demo: `webly experiment experiment=demo` (the whole study, about 10 minutes on 2 cores)",
 }
+
+
+SWEEPABLE = ("pretrain", "transfer")
+EXPERIMENT_ACTIONS = ("run", "status", "cancel")
+
+
+def _split_top_level(value: str) -> list[str]:
+    """`a,b` -> [a, b]; commas inside brackets or quotes (list and dict values) do not split."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    return [*parts, current]
+
+
+def sweep_overrides(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the comma-separated values: [model.depth=18,34, data.subset=1,2] -> 4 override lists."""
+    choices = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        choices.append([f"{key}={v}" for v in _split_top_level(value)] if sep else [override])
+    return [list(combo) for combo in itertools.product(*choices)]
 
 
 def _epilog() -> str:
@@ -63,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="group=option or key=value")
         sub.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        if name in SWEEPABLE:
+            sub.add_argument("-m", "--multirun", action="store_true",
+                             help="sweep: key=a,b,c runs one job per combination (one job array on Slurm)")
     return parser
 
 
@@ -74,6 +113,22 @@ def _run(cfg: WeblyConfig, name: str, fn: Callable[[Any], Any], arg: Any = None)
     job = submit(cfg.launcher, _job_folder(cfg), name, fn, cfg if arg is None else arg)
     print(f"[webly] {name}: job {job.job_id} ({cfg.launcher.name}), log {job.paths.stdout}", flush=True)
     return wait([job])[0]
+
+
+def _run_sweep(cfgs: list[WeblyConfig], name: str, fn: Callable[[Any], Any], args: list[Any]) -> list[Any]:
+    """One job per combination, submitted together (one array on Slurm); failures are reported, not raised."""
+    launcher = cfgs[0].launcher
+    folder = _job_folder(cfgs[0])
+    jobs = submit_batch(launcher, folder, name, [(fn, arg) for arg in args])
+    print(f"[webly] {name}: {len(jobs)} jobs ({launcher.name}, array {array_id(jobs[0])}), logs in {folder}")
+    results = []
+    for job in jobs:
+        try:
+            results.append(job.result())
+        except Exception as err:  # one failed combination must not hide the others
+            print(f"[webly] job {job.job_id} failed; log: {job.paths.stderr}\n{err}", file=sys.stderr)
+            results.append(err)
+    return results
 
 
 def transfer_stage(cfg: WeblyConfig) -> TransferConfig:
@@ -102,17 +157,59 @@ def _summary_line(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _transfer_line(result: dict[str, Any]) -> str:
+    return f"[webly] transfer {result['task']} ({result['mode']}, init {result['init']}): {result['metrics']}"
+
+
+def _multirun(command: str, cfgs: list[WeblyConfig]) -> int:
+    if command == "pretrain":
+        results = _run_sweep(cfgs, "pretrain", pretrain_job, cfgs)
+        for result in results:
+            if not isinstance(result, Exception):
+                print(f"[webly] pretrain: {_summary_line(result)} -> {result['run_dir']}")
+    else:
+        results = _run_sweep(cfgs, "transfer", transfer_job, [transfer_stage(c) for c in cfgs])
+        for result in results:
+            if not isinstance(result, Exception):
+                print(_transfer_line(result))
+    return 1 if any(isinstance(r, Exception) for r in results) else 0
+
+
+def _experiment_control(action: str, cfg: WeblyConfig) -> int:
+    exp = experiment_dir(cfg)
+    try:
+        if action == "status":
+            print(status_text(exp))
+        else:
+            cancelled = cancel_jobs(exp)
+            print(f"[webly] cancelled {len(cancelled)} jobs" + "".join(f"\n  {r['stage']} {r['name']} {r['job_id']}"
+                                                                     for r in cancelled))
+    except FileNotFoundError as err:
+        print(f"webly experiment {action}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = ["experiment=demo", *args.overrides] if args.command == "demo" else args.overrides
+    overrides = ["experiment=demo", *args.overrides] if args.command == "demo" else list(args.overrides)
+    action = "run"
+    if args.command == "experiment" and overrides and overrides[0] in EXPERIMENT_ACTIONS:
+        action = overrides.pop(0)
+    sweep = sweep_overrides(overrides) if getattr(args, "multirun", False) else [overrides]
     try:
-        cfg = compose(overrides)
+        cfgs = [compose(o) for o in sweep]
     except ConfigError as err:
         print(f"webly {args.command}: config error: {err}", file=sys.stderr)
         return 2
+    cfg = cfgs[0]
     if args.cfg:
-        print(to_yaml(cfg), end="")
+        print("\n---\n".join(to_yaml(c) for c in cfgs), end="")
         return 0
+    if action != "run":
+        return _experiment_control(action, cfg)
+    if getattr(args, "multirun", False):
+        return _multirun(args.command, cfgs)
     if args.command == "shards" and not cfg.data.shards.input:
         print(
             "webly shards: config error: data.shards.input is empty: name the folder of images with sidecar "
@@ -127,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_report(_run(cfg, "report", report_job, (cfg, str(experiment_dir(cfg)))))
         elif args.command == "transfer":
             result = _run(cfg, "transfer", transfer_job, transfer_stage(cfg))
-            print(f"[webly] transfer {result['task']} ({result['mode']}, init {result['init']}): {result['metrics']}")
+            print(_transfer_line(result))
         elif args.command == "dedup":
             reference = (cfg.transfer.init, trunk_model_config(cfg.transfer.init, cfg.model))
             out = Path(cfg.work_dir) / "dedup" / Path(cfg.experiment.bench.root).name

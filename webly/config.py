@@ -82,7 +82,8 @@ class ExperimentConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     tasks: dict[str, TaskSettings] = field(default_factory=dict)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # run only these (e.g. [data, pretrain])
-    max_parallel: int = 2  # jobs at once with the local launcher
+    max_parallel: int = 2  # jobs of a stage running at once (local jobs; on Slurm the array's task limit)
+    wait: bool = True  # Slurm: follow the jobs to the end; false: submit every stage and return
     group_transfers: bool = False  # one job per trunk (all its tasks) instead of one per transfer run
     threads_per_job: int = 1
 

@@ -24,7 +24,8 @@ from pretrain.stage import is_done
 from transfer.config import TransferConfig
 from webly import jobs
 from webly.config import WeblyConfig, load_option, run_name
-from webly.launch import make_executor
+from webly.control import JOBS_FILE, record_jobs
+from webly.launch import array_id, make_executor, submit_batch
 
 
 @dataclass(eq=False)  # specs are compared by identity: their args are large configs
@@ -119,26 +120,66 @@ def transfer_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path)
     return specs
 
 
-def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -> dict[str, Any]:
+def data_specs(cfg: WeblyConfig) -> list[Spec]:
+    corpus, bench = cfg.data.root, cfg.experiment.bench.root
+    return [
+        Spec("data", "corpus", jobs.synth_job, cfg,
+             _done_when(corpus, jobs.synth_stage_config(cfg), jobs.DATA_STAGE_FILE)),
+        Spec("data", "benchmarks", jobs.bench_job, cfg,
+             _done_when(bench, jobs.bench_stage_config(cfg), jobs.DATA_STAGE_FILE)),
+    ]
+
+
+def pretrain_specs(cells: list[WeblyConfig]) -> list[Spec]:
+    return [
+        Spec("pretrain", c.name, jobs.pretrain_job, c,
+             _done_when(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c)))
+        for c in cells
+    ]
+
+
+def dedup_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_dir: Path) -> list[Spec]:
+    """De-duplicate against the corpus with the best trunk among `cells` (none: nothing to do)."""
+    if not cells:
+        return []
+    reference = jobs.dedup_reference(cells)
+    return [Spec("dedup", "dedup", jobs.dedup_job, (cfg, reference, str(dedup_dir)),
+                 _done_when(dedup_dir, jobs.dedup_stage_config(cfg, reference)))]
+
+
+def report_specs(cfg: WeblyConfig) -> list[Spec]:
+    return [Spec("report", "report", jobs.report_job, (cfg, str(experiment_dir(cfg))))]
+
+
+def _not_done(specs: list[Spec], results: dict[str, Any]) -> list[Spec]:
+    """The specs still to run; the others are recorded as done before (each done-check reads a manifest once)."""
+    pending = []
+    for spec in specs:
+        if spec.done():
+            results[spec.name] = "done before"
+        else:
+            pending.append(spec)
+    return pending
+
+
+def _job_folder(cfg: WeblyConfig) -> Path:
+    return Path(cfg.launcher.folder or experiment_dir(cfg) / "jobs")
+
+
+def _run_stage(cfg: WeblyConfig, specs: list[Spec]) -> dict[str, Any]:
     """Run the stage's specs that are not done yet, at most `max_parallel` at once; results by spec name.
 
     A failed job is recorded (with its log path) and does not stop the others.
     """
     results: dict[str, Any] = {}
-    pending = []
-    for spec in specs:  # each done-check reads a manifest: ask once
-        if spec.done():
-            results[spec.name] = "done before"
-        else:
-            pending.append(spec)
+    pending = _not_done(specs, results)
     if not pending:
         return results
-    folder = Path(cfg.launcher.folder or experiment_dir(cfg) / "jobs")
-    limit = max(1, cfg.experiment.max_parallel) if cfg.launcher.name == "local" else len(pending)
+    limit = max(1, cfg.experiment.max_parallel)
     running: list[tuple[Spec, submitit.Job]] = []
     with tqdm(total=len(pending), desc=f"{specs[0].stage} ({len(pending)} jobs)", unit="job") as bar:
         try:
-            _drive(cfg, folder, limit, pending, running, results, log, bar)
+            _drive(cfg, limit, pending, running, results, bar)
         except KeyboardInterrupt:  # local jobs would outlive us: stop them, their checkpoints let a re-run resume
             for _, job in running:
                 job.cancel(check=False)
@@ -146,118 +187,111 @@ def _run_stage(cfg: WeblyConfig, specs: list[Spec], log: list[dict[str, Any]]) -
     return results
 
 
-def _drive(
-    cfg: WeblyConfig,
-    folder: Path,
-    limit: int,
-    pending: list[Spec],
-    running: list,
-    results: dict[str, Any],
-    log: list[dict[str, Any]],
-    bar: tqdm,
-) -> None:
+def _collect(spec: Spec, job: submitit.Job, results: dict[str, Any]) -> None:
+    try:
+        results[spec.name] = job.result()
+    except Exception as err:  # any failure of the job: keep going, report it at the end
+        results[spec.name] = err
+        tqdm.write(f"[webly] {spec.stage} {spec.name} failed; log: {job.paths.stderr}")
+
+
+def _drive(cfg: WeblyConfig, limit: int, pending: list[Spec], running: list, results: dict[str, Any],
+           bar: tqdm) -> None:
     """Keep up to `limit` jobs running until every pending spec has finished."""
     while pending or running:
         while pending and len(running) < limit:
             spec = pending.pop(0)
-            job = make_executor(cfg.launcher, folder, f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
+            job = make_executor(cfg.launcher, _job_folder(cfg), f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
             running.append((spec, job))
-            log.append(
-                {
-                    "stage": spec.stage,
-                    "name": spec.name,
-                    "job_id": job.job_id,
-                    "stdout": str(job.paths.stdout),
-                    "stderr": str(job.paths.stderr),
-                }
-            )
+            record_jobs(experiment_dir(cfg), spec.stage, cfg.launcher.name, [(spec.name, job)])
         for spec, job in [r for r in running if r[1].done()]:
             running.remove((spec, job))
             bar.update()
-            try:
-                results[spec.name] = job.result()
-            except Exception as err:  # any failure of the job: keep going, report it at the end
-                results[spec.name] = err
-                tqdm.write(f"[webly] {spec.stage} {spec.name} failed; log: {job.paths.stderr}")
+            _collect(spec, job, results)
         time.sleep(0.2)
 
 
+def _run_staged(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Local runs: a stage starts when the one before has ended, with the cells that did finish."""
+    outcome: dict[str, dict[str, Any]] = {}
+
+    def stage(name: str, specs: list[Spec]) -> dict[str, Any]:
+        outcome[name] = _run_stage(cfg, specs) if name in wanted and specs else {}
+        return outcome[name]
+
+    _raise_failures(stage("data", data_specs(cfg)), "data")
+    cells = pretrain_cells(cfg)
+    stage("pretrain", pretrain_specs(cells))
+    done_cells = [c for c in cells if is_done(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))]
+    dedup_dir = experiment_dir(cfg) / "dedup"
+    _raise_failures(stage("dedup", dedup_specs(cfg, done_cells, dedup_dir)), "dedup")
+    stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
+    _raise_failures(stage("report", report_specs(cfg)), "report")
+    return outcome
+
+
+def _run_chained(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Slurm: every stage is one job array, submitted at once, each starting after the one before succeeded
+    (`afterok`; the report after the transfers whatever their outcome, so it shows what finished). A failed
+    job cancels the stages after it; a re-run resubmits the stages and cells not done yet."""
+    cells = pretrain_cells(cfg)
+    dedup_dir = experiment_dir(cfg) / "dedup"
+    plan = [
+        ("data", data_specs(cfg)),
+        ("pretrain", pretrain_specs(cells)),
+        ("dedup", dedup_specs(cfg, cells, dedup_dir)),
+        ("transfer", transfer_specs(cfg, cells, dedup_dir / "dedup.json")),
+        ("report", report_specs(cfg)),
+    ]
+    outcome: dict[str, dict[str, Any]] = {}
+    submitted: list[tuple[str, list[tuple[Spec, submitit.Job]]]] = []
+    previous: list[submitit.Job] = []
+    for name, specs in plan:
+        outcome[name] = {}
+        pending = _not_done(specs, outcome[name]) if name in wanted else []
+        if not pending:
+            continue
+        new_jobs = submit_batch(
+            cfg.launcher, _job_folder(cfg), f"{cfg.experiment.name}-{name}", [(s.fn, s.arg) for s in pending],
+            after=previous, after_kind="afterany" if name == "report" else "afterok",
+            parallelism=cfg.experiment.max_parallel,
+        )
+        pairs = list(zip(pending, new_jobs, strict=True))
+        record_jobs(experiment_dir(cfg), name, cfg.launcher.name, [(s.name, j) for s, j in pairs])
+        print(f"[webly] {name}: job array {array_id(new_jobs[0])} ({len(new_jobs)} tasks)", flush=True)
+        submitted.append((name, pairs))
+        previous = new_jobs
+    if not cfg.experiment.wait:
+        print(f"[webly] submitted; follow with `webly experiment status experiment={cfg.experiment.name}`")
+        return outcome
+    for name, pairs in submitted:
+        with tqdm(total=len(pairs), desc=f"{name} ({len(pairs)} jobs)", unit="job") as bar:
+            for spec, job in pairs:
+                _collect(spec, job, outcome[name])
+                bar.update()
+    return outcome
+
+
 def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
-    """Run (or resume) the study, stage after stage; returns the report's paths (when the report stage ran)."""
+    """Run (or resume) the study; returns the report's paths (when the report stage ran) and a summary."""
     exp = experiment_dir(cfg)
     exp.mkdir(parents=True, exist_ok=True)
     wanted = set(cfg.experiment.stages)
-    log: list[dict[str, Any]] = []
-    outcome: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-
-    def stage(name: str, specs: list[Spec]) -> dict[str, Any]:
-        outcome[name] = _run_stage(cfg, specs, log) if name in wanted and specs else {}
-        return outcome[name]
-
-    corpus, bench = cfg.data.root, cfg.experiment.bench.root
-    data = [
-        Spec(
-            "data",
-            "corpus",
-            jobs.synth_job,
-            cfg,
-            _done_when(corpus, jobs.synth_stage_config(cfg), jobs.DATA_STAGE_FILE),
-        ),
-        Spec(
-            "data",
-            "benchmarks",
-            jobs.bench_job,
-            cfg,
-            _done_when(bench, jobs.bench_stage_config(cfg), jobs.DATA_STAGE_FILE),
-        ),
-    ]
-    _raise_failures(stage("data", data), "data")
-
-    cells = pretrain_cells(cfg)
-    stage(
-        "pretrain",
-        [
-            Spec(
-                "pretrain",
-                c.name,
-                jobs.pretrain_job,
-                c,
-                _done_when(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c)),
-            )
-            for c in cells
-        ],
-    )
-    done_cells = [c for c in cells if is_done(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))]
-
-    dedup_dir = exp / "dedup"
-    if done_cells:
-        reference = jobs.dedup_reference(done_cells)
-        dedup = Spec(
-            "dedup",
-            "dedup",
-            jobs.dedup_job,
-            (cfg, reference, str(dedup_dir)),
-            _done_when(dedup_dir, jobs.dedup_stage_config(cfg, reference)),
-        )
-        _raise_failures(stage("dedup", [dedup]), "dedup")
-
-    stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
-    report = stage("report", [Spec("report", "report", jobs.report_job, (cfg, str(exp)))])
-    _raise_failures(report, "report")
-
+    outcome = _run_chained(cfg, wanted) if cfg.launcher.name == "slurm" else _run_staged(cfg, wanted)
     failures = {
         name: repr(r) for results in outcome.values() for name, r in results.items() if isinstance(r, Exception)
     }
     summary = {
         "name": cfg.experiment.name,
         "stages": {k: sorted(v) for k, v in outcome.items()},
-        "jobs": log,
+        "jobs": str(exp / JOBS_FILE),
         "failures": failures,
         "seconds": time.perf_counter() - started,
     }
     atomic_write_json(exp / "experiment.json", summary)
-    return {**report.get("report", {}), **summary}
+    report = outcome.get("report", {}).get("report", {})
+    return {**(report if isinstance(report, dict) else {}), **summary}
 
 
 def _raise_failures(results: dict[str, Any], stage: str) -> None:

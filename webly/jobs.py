@@ -6,10 +6,15 @@ call and runs it in a local process or a Slurm allocation. Nothing here depends 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
+
+import submitit
 
 from pretrain.atomic import read_json
 from pretrain.config import ModelConfig, PretrainConfig
@@ -76,13 +81,51 @@ def pretrain_stage_config(cfg: WeblyConfig) -> dict[str, Any]:
     return dataclasses.asdict(pretrain_stage(cfg))
 
 
-def pretrain_job(cfg: WeblyConfig) -> dict[str, Any]:
-    """Pretrain in the run directory the config names; a run already done with this config is not redone."""
-    stage_cfg = pretrain_stage(cfg)
-    if is_done(stage_cfg.run_dir, dataclasses.asdict(stage_cfg)):
-        summary = read_json(Path(stage_cfg.run_dir) / "manifest.json")["summary"]
-        return {**summary, "run_dir": stage_cfg.run_dir, "skipped": "already done"}
-    return {**pretrain(stage_cfg), "run_dir": stage_cfg.run_dir}
+class _PreemptionFlag:
+    """While active, SIGUSR2 (Slurm's warning before preemption or the time limit) only raises a flag, so training
+    can checkpoint at a step boundary; `forward` then hands the signal to the handler that was there before
+    (submitit's: requeue the job and exit)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _PreemptionFlag:
+        self._previous = signal.signal(signal.SIGUSR2, self._raise)
+        return self
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        print("[webly] SIGUSR2: checkpointing at the end of this step", flush=True)
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGUSR2, self._previous)
+
+    def forward(self) -> None:
+        if callable(self._previous):
+            self._previous(signal.SIGUSR2, None)
+
+
+class PretrainJob(submitit.helpers.Checkpointable):
+    """Pretrain in the run directory the config names; a run already done with this config is not redone.
+
+    Preemptible: on SIGUSR2 the run checkpoints, and submitit requeues this same call, which resumes from that
+    checkpoint (with the same W&B run id, which the checkpoint holds)."""
+
+    def __call__(self, cfg: WeblyConfig) -> dict[str, Any]:
+        stage_cfg = pretrain_stage(cfg)
+        if is_done(stage_cfg.run_dir, dataclasses.asdict(stage_cfg)):
+            summary = read_json(Path(stage_cfg.run_dir) / "manifest.json")["summary"]
+            return {**summary, "run_dir": stage_cfg.run_dir, "skipped": "already done"}
+        in_main_thread = threading.current_thread() is threading.main_thread()  # launcher=debug may not be
+        with _PreemptionFlag() if in_main_thread else contextlib.nullcontext() as flag:
+            result = pretrain(stage_cfg, stop_requested=(lambda: flag.raised) if flag else None)
+        if flag is not None and flag.raised:
+            flag.forward()  # submitit: checkpoint() -> requeue -> exit; without a handler the run just stops here
+        return {**result, "run_dir": stage_cfg.run_dir}
+
+
+pretrain_job = PretrainJob()
 
 
 def dedup_reference(cells: list[WeblyConfig]) -> tuple[str, ModelConfig]:

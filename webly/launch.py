@@ -50,6 +50,35 @@ def submit(launcher: LauncherConfig, folder: str | Path, job_name: str, fn: Call
     return make_executor(launcher, folder, job_name).submit(fn, *args)
 
 
+def array_id(job: submitit.Job) -> str:
+    """The Slurm id a dependency names: the array's id for a task `1234_5`, else the job's own id."""
+    return str(job.job_id).split("_", 1)[0]
+
+
+def submit_batch(
+    launcher: LauncherConfig,
+    folder: str | Path,
+    job_name: str,
+    calls: Sequence[tuple[Callable, Any]],
+    after: Sequence[submitit.Job] = (),
+    after_kind: str = "afterok",
+    parallelism: int = 0,
+) -> list[submitit.Job]:
+    """Submit `fn(arg)` for every call at once: one job array on Slurm (at most `parallelism` tasks running,
+    0: no limit), separate jobs elsewhere. On Slurm the array starts when the jobs of `after` have ended
+    (`afterok`: successfully; a failure there cancels this array instead of leaving it pending forever)."""
+    executor = make_executor(launcher, folder, job_name)
+    if launcher.name == "slurm":
+        extra = dict(launcher.extra)
+        if after:
+            ids = sorted({array_id(job) for job in after})
+            extra.update(dependency=f"{after_kind}:" + ":".join(ids), kill_on_invalid_dep="yes")
+        executor.update_parameters(slurm_additional_parameters=extra, slurm_array_parallelism=parallelism or 256)
+    with executor.batch():
+        jobs = [executor.submit(fn, arg) for fn, arg in calls]
+    return jobs
+
+
 def _tail(path: Path, offset: int, sink) -> int:
     """Copy what was appended to `path` since `offset` to `sink`; returns the new offset."""
     if not path.exists():

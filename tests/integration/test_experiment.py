@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.atomic import read_json
 from webly.config import compose
+from webly.control import JOBS_FILE, status_text
 from webly.experiment import experiment_dir, run_experiment
 
 
@@ -24,10 +26,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     first = run_experiment(compose([*overrides, "experiment.stages=[data,pretrain]"]))
     exp = experiment_dir(compose(overrides))
     pretrain_files = _mtimes(exp / "pretrain")
+    jobs_after_first = len(read_json(exp / JOBS_FILE))
     transfer_after_first = (exp / "transfer").exists()
     second = run_experiment(compose(overrides))
+    second_jobs = read_json(exp / JOBS_FILE)[jobs_after_first:]
     return {"first": first, "second": second, "exp": exp, "pretrain_files": pretrain_files,
-            "transfer_after_first": transfer_after_first}
+            "transfer_after_first": transfer_after_first, "second_jobs": second_jobs}
 
 
 def test_interrupted_study_resumes_without_redoing_stages(study: dict) -> None:
@@ -35,8 +39,9 @@ def test_interrupted_study_resumes_without_redoing_stages(study: dict) -> None:
     assert set(first["stages"]["pretrain"]) == {p.name for p in (exp / "pretrain").iterdir()}
     assert not study["transfer_after_first"]
     # the second run found data and pretraining done: nothing resubmitted, no checkpoint rewritten
-    assert [job["stage"] for job in second["jobs"]].count("pretrain") == 0
-    assert [job["stage"] for job in second["jobs"]].count("data") == 0
+    stages_submitted = [job["stage"] for job in study["second_jobs"]]
+    assert "pretrain" not in stages_submitted and "data" not in stages_submitted
+    assert {"dedup", "transfer", "report"} <= set(stages_submitted)
     assert _mtimes(exp / "pretrain") == study["pretrain_files"]
     assert second["failures"] == {}
 
@@ -56,3 +61,13 @@ def test_report_has_every_task_and_the_probe_beats_random_init(study: dict) -> N
     assert top1[("pretrained", largest)] >= top1[("random", 0)] + 0.1, top1
     text = report.read_text()
     assert "## De-duplication" in text and "precision" in text
+
+
+def test_status_lists_every_job_with_its_state_and_log(study: dict) -> None:
+    text = status_text(study["exp"])
+    history = read_json(study["exp"] / JOBS_FILE)
+    latest = {(j["stage"], j["name"]): j for j in history}
+    for job in latest.values():
+        line = next(row for row in text.splitlines() if f" {job['job_id']} " in row)
+        assert "COMPLETED" in line and job["stdout"] in line
+    assert f"{len(latest)} completed" in text

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretrain.atomic import read_json
 from pretrain.checkpoint import list_checkpoints
 from pretrain.runlog import read_jsonl
+from pretrain.train import pretrain
 from tests.conftest import tiny_config
-from webly.jobs import pretrain_job, pretrain_run_dir
+from webly.jobs import pretrain_job, pretrain_run_dir, pretrain_stage
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -54,3 +56,23 @@ def test_finished_run_is_not_redone(tmp_path: Path, synth_root: Path) -> None:
     assert again["skipped"] == "already done"
     assert again["eval/precision_at_1"] == first["eval/precision_at_1"]
     assert trunk.stat().st_mtime_ns == stamp
+
+
+def test_preemption_checkpoints_at_the_step_it_is_noticed(tmp_path: Path, synth_root: Path) -> None:
+    """A stop request (Slurm's USR2, seen through the job's flag) saves a checkpoint at once, off the checkpoint
+    grid; the resumed run ends with the straight run's weights."""
+    common = ("train.steps=16", "train.steps_per_epoch=9", "train.checkpoint_every=10")
+    straight = pretrain_stage(tiny_config(tmp_path / "a", synth_root, *common))
+    preempted = pretrain_stage(tiny_config(tmp_path / "b", synth_root, *common))
+    pretrain(straight)
+    asked = []
+    first = pretrain(preempted, stop_requested=lambda: asked.append(1) or len(asked) >= 7)
+    assert first == {"step": 7, "status": "preempted"}
+    ckpts = Path(preempted.run_dir) / "checkpoints"
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step_00000007.pt"]
+    assert read_json(Path(preempted.run_dir) / "manifest.json")["status"] == "preempted"
+    pretrain(preempted)
+    final_a = torch.load(Path(straight.run_dir) / "trunk.pt", weights_only=True)
+    final_b = torch.load(Path(preempted.run_dir) / "trunk.pt", weights_only=True)
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
