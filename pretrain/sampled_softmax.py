@@ -38,6 +38,11 @@ class SampledSoftmaxHead(nn.Module):
         bound = 1.0 / math.sqrt(feature_dim)
         nn.init.uniform_(self.weight.weight, -bound, bound)
         nn.init.zeros_(self.bias.weight)
+        self.negatives: torch.Tensor | None = None  # the current step's draw, shared by its micro-batches and ranks
+
+    def draw_negatives(self) -> None:
+        """Draw the negatives of the next optimiser step (every rank draws the same: same seed, same calls)."""
+        self.negatives = self.sampler.sample(self.num_sampled)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """All V logits (N x V): held-out scoring at a vocabulary size where N x V fits."""
@@ -48,7 +53,9 @@ class SampledSoftmaxHead(nn.Module):
         batch, width = tag_ids.shape
         valid = tag_ids >= 0
         true_ids = tag_ids.clamp_min(0)
-        negatives = self.sampler.sample(self.num_sampled).to(tag_ids.device)
+        # without draw_negatives() (a bare call, e.g. a benchmark) every call draws its own
+        negatives = self.negatives if self.negatives is not None else self.sampler.sample(self.num_sampled)
+        negatives = negatives.to(tag_ids.device)
         ids = torch.cat([true_ids.flatten(), negatives])
         rows, biases = self.weight(ids), self.bias(ids).squeeze(1)  # one lookup: sparse gradient on these rows
         split = batch * width

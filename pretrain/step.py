@@ -7,7 +7,7 @@ Mixed precision: bf16 autocast (no loss scaling needed, unlike fp16); the heads 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -34,11 +34,12 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler], device: torch.device,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 sync_context: nn.Module | None = None) -> None:
+                 sync_context: nn.Module | None = None, on_step_start: Callable[[], None] | None = None) -> None:
         self.model = model  # what the forward runs through (DDP wrapper, compiled or not)
         self.optimizers, self.schedulers = list(optimizers), list(schedulers)
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.sync_context = sync_context  # the DDP module whose no_sync() skips the all-reduce
+        self.on_step_start = on_step_start  # e.g. the sampled head's draw of this step's negatives
 
     def images(self, batch: Batch) -> torch.Tensor:
         images = to_float(batch.images.to(self.device, non_blocking=True))
@@ -48,6 +49,8 @@ class TrainStep:
         """One optimiser step over `batches` (the micro-batches); returns their mean loss, detached."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
+        if self.on_step_start is not None:
+            self.on_step_start()
         total = torch.zeros((), device=self.device)
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1

@@ -153,7 +153,7 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
     train_step = TrainStep(forward_model, optimizers, schedulers, device, amp_dtype, cfg.train.channels_last,
-                           sync_context=ddp)
+                           sync_context=ddp, on_step_start=getattr(model.head, "draw_negatives", None))
 
     def checkpoint() -> None:
         ranks = all_gather_objects(info, state.as_dict())  # every rank's data position and skip counts
