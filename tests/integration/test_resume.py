@@ -54,3 +54,26 @@ def test_finished_run_is_not_redone(tmp_path: Path, synth_root: Path) -> None:
     assert again["skipped"] == "already done"
     assert again["eval/precision_at_1"] == first["eval/precision_at_1"]
     assert trunk.stat().st_mtime_ns == stamp
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path: Path, synth_root: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    common = ("train.steps=16", "train.checkpoint_every=4", "train.keep_last=0", "head=sampled_softmax",
+              "head.num_sampled=8")
+    straight = tiny_config(tmp_path / "a", synth_root, *common)
+    broken = tiny_config(tmp_path / "b", synth_root, *common)
+    pretrain_job(straight)
+    pretrain_job(dataclasses.replace(broken, train=dataclasses.replace(broken.train, stop_after=10)))
+    ckpt_dir = pretrain_run_dir(broken) / "checkpoints"
+    newest = ckpt_dir / "step_00000010.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn, as by a crash of the storage
+
+    with pytest.warns(UserWarning, match=r"step_00000010\.pt: cannot be loaded"):
+        pretrain_job(broken)
+    assert "step_00000008.pt (step 8)" in capsys.readouterr().out  # from the previous one, not from scratch
+    rows = read_jsonl(pretrain_run_dir(broken) / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 16]  # steps 9.. were redone, logged once
+    final_a = torch.load(pretrain_run_dir(straight) / "checkpoints" / "step_00000016.pt", weights_only=True)
+    final_b = torch.load(ckpt_dir / "step_00000016.pt", weights_only=True)
+    for key, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][key]), key
