@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pretrain.images import to_float
-from pretrain.loader import Batch
+
+if TYPE_CHECKING:  # the loader pulls in webdataset; a step (and bench/gpu_step.py) needs only torch
+    from pretrain.loader import Batch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
