@@ -66,7 +66,13 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "sigmoid"  # sigmoid | softmax
+    name: str = "sigmoid"  # sigmoid | softmax | sampled_softmax
+    # sampled_softmax only:
+    num_sampled: int = 1024  # S negatives drawn per batch (shared by its images)
+    proposal: str = "log_uniform"  # uniform | log_uniform | frequency (count^alpha from vocab.tsv)
+    alpha: float = 0.75  # exponent of the frequency proposal
+    sparse_lr: float = 0.0  # peak lr of the plain-SGD row update; 0: optim.lr / (1 - optim.momentum)
+    eval_chunk: int = 65536  # tags per chunk of the full-softmax evaluation path
 
 
 @dataclass
@@ -78,13 +84,16 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 20
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    # linear scaling (Goyal et al. 2017): lr x global_batch / reference_batch, global_batch = batch_size x
+    # processes x accumulate; 0: lr as given
+    reference_batch: int = 0
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
     steps: int = 200
-    batch_size: int = 64
+    batch_size: int = 64  # images per process and micro-batch
     steps_per_epoch: int = 50  # fixed epoch length: the loader restarts its stream every this many steps
     checkpoint_every: int = 50
     keep_last: int = 3
@@ -94,6 +103,11 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     resume: bool = True  # continue from the newest checkpoint in the run directory
     stop_after: int = 0  # stop (with a checkpoint) once this step is reached, e.g. to fit a time slot; 0: never
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step (gradient accumulation)
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    channels_last: bool = False  # NHWC weights and activations (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the model
+    backend: str = "auto"  # torch.distributed backend with several processes: auto (nccl on GPU, gloo) | gloo | nccl
 
 
 @dataclass

@@ -2,19 +2,22 @@
 
 - sigmoid: one binary classifier per tag, cross-entropy against multi-hot targets (Sun et al. 2017, JFT);
 - softmax: one distribution over tags, cross-entropy against 1/k on each of an image's k tags
-  (Mahajan et al. 2018, Instagram hashtags).
+  (Mahajan et al. 2018, Instagram hashtags);
+- sampled_softmax: the same loss estimated on S sampled negatives, for millions of tags (pretrain.sampled_softmax).
 Targets arrive as padded index rows (N x K, -1 = none) so that no dense N x V target tensor crosses the loader.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pretrain.config import HeadConfig
+from pretrain.sampled_softmax import SampledSoftmaxHead
 
 
 def multi_hot(tag_ids: torch.Tensor, num_tags: int) -> torch.Tensor:
@@ -38,6 +41,10 @@ class LinearHead(nn.Module):
     def loss(self, logits: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def training_loss(self, features: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
+        """The loss of a training step from pooled features (a sampled head never forms all V logits)."""
+        return self.loss(self(features), tag_ids)
+
 
 class SigmoidHead(LinearHead):
     def __init__(self, feature_dim: int, num_tags: int) -> None:
@@ -59,10 +66,16 @@ class SoftmaxHead(LinearHead):
         return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-HEADS: dict[str, type[LinearHead]] = {"sigmoid": SigmoidHead, "softmax": SoftmaxHead}
+HEADS: dict[str, type[nn.Module]] = {"sigmoid": SigmoidHead, "softmax": SoftmaxHead,
+                                     "sampled_softmax": SampledSoftmaxHead}
 
 
-def build_head(cfg: HeadConfig, feature_dim: int, num_tags: int) -> LinearHead:
+def build_head(cfg: HeadConfig, feature_dim: int, num_tags: int, tag_counts: Sequence[int] | None = None,
+               seed: int = 0) -> nn.Module:
+    """The head `cfg` names; `tag_counts` (vocab.tsv's counts) feed the frequency proposal of sampled softmax."""
     if cfg.name not in HEADS:
         raise ValueError(f"head.name={cfg.name!r}: choose one of {sorted(HEADS)}")
+    if cfg.name == "sampled_softmax":
+        return SampledSoftmaxHead(feature_dim, num_tags, cfg.num_sampled, cfg.proposal, tag_counts, cfg.alpha,
+                                  seed, cfg.eval_chunk)
     return HEADS[cfg.name](feature_dim, num_tags)

@@ -7,12 +7,14 @@ linear layer as `fc`, so `torchvision.models.resnet50(num_classes=V).load_state_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pretrain.config import HeadConfig, ModelConfig
-from pretrain.heads import LinearHead, build_head
+from pretrain.heads import build_head
 
 # depth -> (block, blocks per stage); 10 and 200 are the usual extensions of torchvision's table
 ARCHITECTURES: dict[int, tuple[type[nn.Module], list[int]]] = {
@@ -90,20 +92,28 @@ class ResNetTrunk(nn.Module):
 
 
 class TaggingModel(nn.Module):
-    """Trunk + head: normalised images -> tag logits."""
+    """Trunk + head: normalised images -> tag logits, or -> the training loss when the tags are given.
 
-    def __init__(self, trunk: ResNetTrunk, head: LinearHead) -> None:
+    The loss is computed inside `forward` so that a DistributedDataParallel wrapper sees the whole step (and a
+    sampled head never forms all V logits).
+    """
+
+    def __init__(self, trunk: ResNetTrunk, head: nn.Module) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(images))
+    def forward(self, images: torch.Tensor, tag_ids: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.trunk(images)
+        if tag_ids is None:
+            return self.head(features)
+        return self.head.training_loss(features, tag_ids)
 
 
-def build_model(model: ModelConfig, head: HeadConfig, num_tags: int) -> TaggingModel:
+def build_model(model: ModelConfig, head: HeadConfig, num_tags: int, tag_counts: Sequence[int] | None = None,
+                seed: int = 0) -> TaggingModel:
     trunk = ResNetTrunk(model.depth, model.width)
-    return TaggingModel(trunk, build_head(head, trunk.feature_dim, num_tags))
+    return TaggingModel(trunk, build_head(head, trunk.feature_dim, num_tags, tag_counts, seed))
 
 
 def export_torchvision(trunk: nn.Module, fc: nn.Linear | None = None) -> dict[str, torch.Tensor]:

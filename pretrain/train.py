@@ -2,13 +2,16 @@
 
 `pretrain(cfg)` is the function a job runs. Given the same config it produces the same weights bit for bit on
 the CPU, whether it runs straight through or is stopped and resumed from any of its checkpoints: the
-checkpoint holds model, optimiser, scheduler, every RNG state, the data position (epoch, batch) and the
-cumulative skip counts, and the loader can rebuild any epoch from (seed, epoch).
+checkpoint holds model, optimisers, schedulers, every RNG state, the negative sampler's state, every rank's data
+position (epoch, batch) and cumulative skip counts, and the loader can rebuild any epoch from (seed, epoch).
+With several processes (torchrun or submitit tasks) the model is wrapped in DistributedDataParallel, each rank
+reads its own slice of the shards, and rank 0 alone writes checkpoints, metrics and the exported trunk.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,20 +19,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pretrain.atomic import atomic_write, atomic_write_json
 from pretrain.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from pretrain.config import PretrainConfig
+from pretrain.distributed import (
+    ProcessInfo,
+    all_gather_objects,
+    close_distributed,
+    device_for,
+    init_distributed,
+    mean_over_ranks,
+)
 from pretrain.evaluate import evaluate
-from pretrain.images import to_float
 from pretrain.loader import SKIP_REASONS, TaggedImageStream, make_loader
 from pretrain.models import TaggingModel, build_model, export_torchvision
-from pretrain.optim import build_optimizer, build_scheduler
+from pretrain.optim import build_optimizer, build_scheduler, build_sparse_optimizer
 from pretrain.runlog import RunLogger
 from pretrain.shards import Dataset
 from pretrain.stage import write_manifest
+from pretrain.step import TrainStep, autocast_dtype
 from pretrain.vocab import Vocabulary
+
+# checkpoint keys of the dense optimiser and of the sparse head's one (their schedulers: "optimizer" -> "scheduler")
+OPTIMIZER_KEYS = ("optimizer", "sparse_optimizer")
 
 
 class TrainState:
@@ -54,66 +70,110 @@ class TrainState:
         self.wandb_id = saved["wandb_id"]
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _skip_row(skipped: Counter[str]) -> dict[str, int]:
     return {f"skipped/{reason}": int(skipped.get(reason, 0)) for reason in SKIP_REASONS}
 
 
-def pretrain(cfg: PretrainConfig, stop_requested: Callable[[], bool] | None = None) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train a tagging model as `cfg` says, in `cfg.run_dir`; returns the run's summary.
 
-    `stop_requested` is asked after every step (e.g. "has Slurm announced a preemption?"): when it says yes,
-    the run saves a checkpoint at that step and returns with status "preempted"; a later call resumes there.
+    Run by every process of a DDP job (pretrain.distributed finds the group). `should_stop` (e.g. set by a
+    preemption signal handler) is polled after every step: when it turns true on any rank, the run writes a
+    checkpoint at that step and returns with status "preempted"; calling `pretrain(cfg)` again continues there.
     """
     if not cfg.run_dir:
         raise ValueError("run_dir is empty: the front door (`webly pretrain`) derives it from the config")
+    if cfg.train.accumulate < 1:
+        raise ValueError(f"train.accumulate={cfg.train.accumulate}: must be at least 1")
+    info = init_distributed(cfg.train.backend)
+    try:
+        return _pretrain(cfg, info, should_stop)
+    finally:
+        close_distributed(info)
+
+
+def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     config_dict = asdict(cfg)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = _device()
+    device = device_for(info)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
 
     dataset = Dataset.open(cfg.data.root)
     vocab = Vocabulary.load(dataset.root / "vocab.tsv")
     train_urls = dataset.train_urls(cfg.data.subset)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.head, len(vocab)).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    model = build_model(cfg.model, cfg.head, len(vocab), vocab.counts, seed=cfg.train.seed).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    global_batch = cfg.train.batch_size * info.world_size * cfg.train.accumulate
+    optimizers = [build_optimizer(model, cfg.optim, global_batch)]
+    sparse_optimizer = build_sparse_optimizer(model, cfg.optim, cfg.head.sparse_lr, global_batch)
+    optimizers += [sparse_optimizer] if sparse_optimizer is not None else []
+    schedulers = [build_scheduler(opt, cfg.optim, cfg.train.steps) for opt in optimizers]
+    sampler = getattr(model.head, "sampler", None)
     state = TrainState()
 
     resumed = load_latest(ckpt_dir) if cfg.train.resume else None
     if resumed is not None:
         path, saved = resumed
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state.load(saved["state"])
+        for key, opt, sched in zip(OPTIMIZER_KEYS, optimizers, schedulers, strict=False):
+            opt.load_state_dict(saved[key])
+            sched.load_state_dict(saved[key.replace("optimizer", "scheduler")])
+        if sampler is not None:
+            sampler.load_state_dict(saved["sampler"])
+        ranks = saved.get("ranks", [saved["state"]])
+        if len(ranks) != info.world_size:
+            warnings.warn(f"{path}: written by {len(ranks)} process(es), resumed by {info.world_size}: the data "
+                          "order from here on differs from an uninterrupted run", stacklevel=2)
+        state.load(ranks[info.rank] if len(ranks) == info.world_size else saved["state"])
         set_rng_state(saved["rng"])
-        print(f"resuming from {path} (step {state.step})", flush=True)
+        if info.is_main:
+            print(f"resuming from {path} (step {state.step})", flush=True)
 
-    write_manifest(run_dir, "pretrain", "running", config_dict,
-                   inputs={"dataset": str(dataset.root), "train_shards": len(train_urls),
-                           "train_samples": dataset.train_samples(cfg.data.subset)})
-    logger = RunLogger(run_dir, cfg.logging.wandb, config_dict, name=run_dir.name, run_id=state.wandb_id,
-                       resume_step=state.step)
-    state.wandb_id = logger.run_id
+    logger = None
+    if info.is_main:
+        write_manifest(run_dir, "pretrain", "running", config_dict,
+                       inputs={"dataset": str(dataset.root), "train_shards": len(train_urls),
+                               "train_samples": dataset.train_samples(cfg.data.subset),
+                               "processes": info.world_size, "global_batch": global_batch})
+        logger = RunLogger(run_dir, cfg.logging.wandb, config_dict, name=run_dir.name, run_id=state.wandb_id,
+                           resume_step=state.step)
+        state.wandb_id = logger.run_id
+    state.wandb_id = all_gather_objects(info, state.wandb_id)[0]
+
+    ddp = None
+    forward_model: torch.nn.Module = model
+    if info.distributed:
+        ddp = DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+        forward_model = ddp
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
+    train_step = TrainStep(forward_model, optimizers, schedulers, device, amp_dtype, cfg.train.channels_last,
+                           sync_context=ddp, on_step_start=getattr(model.head, "draw_negatives", None))
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_dir, state.step, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "state": state.as_dict(), "rng": rng_state(),
-            "config": config_dict,
-        }, cfg.train.keep_last)
+        ranks = all_gather_objects(info, state.as_dict())  # every rank's data position and skip counts
+        if info.is_main:
+            payload = {"model": model.state_dict(), "state": state.as_dict(), "ranks": ranks, "rng": rng_state(),
+                       "config": config_dict}
+            for key, opt, sched in zip(OPTIMIZER_KEYS, optimizers, schedulers, strict=False):
+                payload[key] = opt.state_dict()
+                payload[key.replace("optimizer", "scheduler")] = sched.state_dict()
+            if sampler is not None:
+                payload["sampler"] = sampler.state_dict()
+            save_checkpoint(ckpt_dir, state.step, payload, cfg.train.keep_last)
+        if info.distributed:
+            dist.barrier()  # no rank runs ahead of a checkpoint that is not on disk yet
 
     def run_eval() -> dict[str, float]:
         row = evaluate(model, dataset.heldout_urls(), vocab, cfg.data.image_size, cfg.train.batch_size,
                        cfg.train.eval_batches, device)
-        logger.log({"step": state.step, **row})
+        if logger is not None:
+            logger.log({"step": state.step, **row})
         return row
 
     stream = TaggedImageStream(train_urls, vocab, cfg.train.batch_size, cfg.data.image_size, train=True,
@@ -121,65 +181,78 @@ def pretrain(cfg: PretrainConfig, stop_requested: Callable[[], bool] | None = No
                                shuffle_buffer=cfg.data.shuffle_buffer)
     loader = make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc=f"pretrain {run_dir.name}", unit="step",
-               disable=not cfg.logging.progress, mininterval=1.0)
+               disable=not (cfg.logging.progress and info.is_main), mininterval=1.0)
     model.train()
     window_start, window_images = time.perf_counter(), 0
     stop_at = min(cfg.train.steps, cfg.train.stop_after or cfg.train.steps)
-    while state.step < stop_at:
-        stream.set_position(state.epoch, state.batch_in_epoch)
+    stopped_early = False
+    while state.step < stop_at and not stopped_early:
+        # an epoch is steps_per_epoch optimiser steps of `accumulate` loader batches each
+        stream.set_position(state.epoch, state.batch_in_epoch * cfg.train.accumulate)
         batches = iter(loader)
         try:
             while state.batch_in_epoch < cfg.train.steps_per_epoch and state.step < stop_at:
-                batch = next(batches)
-                images = to_float(batch.images.to(device, non_blocking=True))
-                loss = model.head.loss(model(images), batch.tag_ids.to(device, non_blocking=True))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                micro = [next(batches) for _ in range(cfg.train.accumulate)]
+                loss = train_step(micro)
                 state.step += 1
                 state.batch_in_epoch += 1
-                state.images_seen += len(batch.keys)
-                state.skipped.update(batch.skipped)
-                window_images += len(batch.keys)
+                for batch in micro:
+                    state.images_seen += len(batch.keys)
+                    state.skipped.update(batch.skipped)
+                    window_images += len(batch.keys) * info.world_size
                 bar.update()
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
                     elapsed = time.perf_counter() - window_start
                     rate = window_images / elapsed if elapsed > 0 else 0.0
-                    loss_value = loss.item()
-                    logger.log({"step": state.step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                                "epoch": state.epoch, "images_per_s": rate, "images_seen": state.images_seen,
-                                **_skip_row(state.skipped)})
+                    loss_value = mean_over_ranks(info, loss)
+                    if logger is not None:
+                        logger.log({"step": state.step, "loss": loss_value, "lr": schedulers[0].get_last_lr()[0],
+                                    "epoch": state.epoch, "images_per_s": rate,
+                                    "images_seen": state.images_seen * info.world_size,
+                                    **_skip_row(state.skipped)})
                     bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}")
                     window_start, window_images = time.perf_counter(), 0
                 if state.batch_in_epoch == cfg.train.steps_per_epoch:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                if state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at:
+                stopped_early = should_stop is not None and _any_rank(info, should_stop())
+                if state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at or stopped_early:
                     checkpoint()
-                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and info.is_main:
                     run_eval()
-                if stop_requested is not None and state.step < stop_at and stop_requested():
-                    checkpoint()
-                    stop_at = state.step
-                if state.batch_in_epoch == 0:
+                if state.batch_in_epoch == 0 or stopped_early:
                     break
         finally:
             del batches  # shuts the epoch's workers down
     bar.close()
     if state.step < cfg.train.steps:
-        status = "stopped" if state.step == cfg.train.stop_after else "preempted"
-        logger.finish({})
-        write_manifest(run_dir, "pretrain", status, config_dict, stopped_at=state.step)
+        status = "preempted" if stopped_early else "stopped"
+        if logger is not None:
+            logger.finish({})
+            write_manifest(run_dir, "pretrain", status, config_dict, stopped_at=state.step)
         return {"step": state.step, "status": status}
+    if not info.is_main:
+        return {"step": state.step, "rank": info.rank}
 
+    assert logger is not None
     final = run_eval()
     outputs = _export(model, run_dir)
-    summary = {"step": state.step, "images_seen": state.images_seen, **_skip_row(state.skipped), **final,
-               "vocab_size": len(vocab), "train_samples": dataset.train_samples(cfg.data.subset)}
+    summary = {"step": state.step, "images_seen": state.images_seen * info.world_size,
+               **_skip_row(state.skipped), **final, "vocab_size": len(vocab),
+               "train_samples": dataset.train_samples(cfg.data.subset), "processes": info.world_size,
+               "global_batch": global_batch}
     atomic_write_json(run_dir / "summary.json", summary)
     logger.finish(summary)
     write_manifest(run_dir, "pretrain", "done", config_dict, outputs=outputs, summary=summary)
     return summary
+
+
+def _any_rank(info: ProcessInfo, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (all ranks must stop at the same step)."""
+    if not info.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def _export(model: TaggingModel, run_dir: Path) -> dict[str, str]:

@@ -21,9 +21,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import PretrainConfig
+from pretrain.distributed import BACKENDS
 from pretrain.heads import HEADS
 from pretrain.models import ARCHITECTURES
 from pretrain.runlog import WANDB_MODES
+from pretrain.sampling import PROPOSALS
+from pretrain.step import PRECISIONS
 from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, TransferConfig
 
 GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment", "task")
@@ -184,6 +187,9 @@ def check(cfg: WeblyConfig) -> None:
         ("optim.name", cfg.optim.name, ["sgd", "adamw"]),
         ("logging.wandb.mode", cfg.logging.wandb.mode, list(WANDB_MODES)),
         ("launcher.name", cfg.launcher.name, list(LAUNCHERS)),
+        ("head.proposal", cfg.head.proposal, list(PROPOSALS)),
+        ("train.precision", cfg.train.precision, list(PRECISIONS)),
+        ("train.backend", cfg.train.backend, list(BACKENDS)),
     ]
     for key, value, allowed in choices:
         if value not in allowed:
@@ -194,6 +200,9 @@ def check(cfg: WeblyConfig) -> None:
         "train.steps_per_epoch": cfg.train.steps_per_epoch,
         "train.checkpoint_every": cfg.train.checkpoint_every,
         "train.log_every": cfg.train.log_every,
+        "train.accumulate": cfg.train.accumulate,
+        "head.num_sampled": cfg.head.num_sampled,
+        "head.eval_chunk": cfg.head.eval_chunk,
         "data.image_size": cfg.data.image_size,
         "data.shards.samples_per_shard": cfg.data.shards.samples_per_shard,
     }

@@ -119,7 +119,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
             return {**summary, "run_dir": stage_cfg.run_dir, "skipped": "already done"}
         in_main_thread = threading.current_thread() is threading.main_thread()  # launcher=debug may not be
         with _PreemptionFlag() if in_main_thread else contextlib.nullcontext() as flag:
-            result = pretrain(stage_cfg, stop_requested=(lambda: flag.raised) if flag else None)
+            result = pretrain(stage_cfg, should_stop=(lambda: flag.raised) if flag else None)
         if flag is not None and flag.raised:
             flag.forward()  # submitit: checkpoint() -> requeue -> exit; without a handler the run just stops here
         return {**result, "run_dir": stage_cfg.run_dir}

@@ -60,3 +60,22 @@ def test_short_run_learns_and_downloads_nothing(tmp_path: Path, outside_connecti
     assert trained["eval/precision_at_1"] >= untrained["eval/precision_at_1"] + 0.15, (untrained, trained)
     assert trained["eval/mAP"] >= 1.5 * untrained["eval/mAP"], (untrained, trained)
     assert outside_connections == []
+
+
+def test_sampled_softmax_reaches_the_precision_of_the_full_softmax(tmp_path: Path, synth_root: Path) -> None:
+    # same data, trunk, steps and seed; the sampled head sees 16 negatives per batch out of the whole vocabulary
+    common = ("train.steps=80", "train.batch_size=32", "train.checkpoint_every=80", "train.steps_per_epoch=10")
+    full = pretrain_job(tiny_config(tmp_path, synth_root, *common, "head=softmax"))
+    sampled = pretrain_job(tiny_config(tmp_path, synth_root, *common, "head=sampled_softmax",
+                                       "head.num_sampled=16", "head.proposal=frequency"))
+    assert sampled["vocab_size"] > 3 * 16  # a real subsample of the tags
+    # stated tolerance: 0.08 of precision@1 on the 96 held-out images (about 2 standard errors)
+    assert sampled["eval/precision_at_1"] >= full["eval/precision_at_1"] - 0.08, (full, sampled)
+    # and it learnt something (measured: 0.31 full, 0.29 sampled at V = 218)
+    cfg = tiny_config(tmp_path, synth_root)
+    dataset = Dataset.open(synth_root)
+    vocab = Vocabulary.load(dataset.root / "vocab.tsv")
+    torch.manual_seed(0)
+    untrained = evaluate(build_model(cfg.model, cfg.head, len(vocab)), dataset.heldout_urls(), vocab,
+                         cfg.data.image_size)
+    assert sampled["eval/precision_at_1"] >= untrained["eval/precision_at_1"] + 0.1, (untrained, sampled)

@@ -66,7 +66,7 @@ def test_preemption_checkpoints_at_the_step_it_is_noticed(tmp_path: Path, synth_
     preempted = pretrain_stage(tiny_config(tmp_path / "b", synth_root, *common))
     pretrain(straight)
     asked = []
-    first = pretrain(preempted, stop_requested=lambda: asked.append(1) or len(asked) >= 7)
+    first = pretrain(preempted, should_stop=lambda: asked.append(1) or len(asked) >= 7)
     assert first == {"step": 7, "status": "preempted"}
     ckpts = Path(preempted.run_dir) / "checkpoints"
     assert [p.name for p in list_checkpoints(ckpts)] == ["step_00000007.pt"]
@@ -76,3 +76,26 @@ def test_preemption_checkpoints_at_the_step_it_is_noticed(tmp_path: Path, synth_
     final_b = torch.load(Path(preempted.run_dir) / "trunk.pt", weights_only=True)
     assert final_a.keys() == final_b.keys()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path: Path, synth_root: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    common = ("train.steps=16", "train.checkpoint_every=4", "train.keep_last=0", "head=sampled_softmax",
+              "head.num_sampled=8")
+    straight = tiny_config(tmp_path / "a", synth_root, *common)
+    broken = tiny_config(tmp_path / "b", synth_root, *common)
+    pretrain_job(straight)
+    pretrain_job(dataclasses.replace(broken, train=dataclasses.replace(broken.train, stop_after=10)))
+    ckpt_dir = pretrain_run_dir(broken) / "checkpoints"
+    newest = ckpt_dir / "step_00000010.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn, as by a crash of the storage
+
+    with pytest.warns(UserWarning, match=r"step_00000010\.pt: cannot be loaded"):
+        pretrain_job(broken)
+    assert "step_00000008.pt (step 8)" in capsys.readouterr().out  # from the previous one, not from scratch
+    rows = read_jsonl(pretrain_run_dir(broken) / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 16]  # steps 9.. were redone, logged once
+    final_a = torch.load(pretrain_run_dir(straight) / "checkpoints" / "step_00000016.pt", weights_only=True)
+    final_b = torch.load(ckpt_dir / "step_00000016.pt", weights_only=True)
+    for key, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][key]), key

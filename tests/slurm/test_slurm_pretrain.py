@@ -57,3 +57,15 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_weights(tmp_path: Pat
     weights, reference = _trunk(pretrain_run_dir(cfg)), _trunk(pretrain_run_dir(straight))
     assert weights.keys() == reference.keys()
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_two_task_job_trains_with_ddp(tmp_path: Path, synth_root: Path) -> None:
+    """`launcher.tasks_per_node=2`: submitit starts two tasks, which join one gloo group through its environment."""
+    cfg = tiny_config(tmp_path, synth_root, "train.steps=12", *SLURM, "launcher.tasks_per_node=2")
+    job = submit(cfg.launcher, tmp_path / "jobs", "ddp", pretrain_job, cfg)
+    results = job.results()
+    assert len(results) == 2
+    main = next(r for r in results if "processes" in r)
+    assert main["processes"] == 2 and main["step"] == 12
+    assert main["images_seen"] == 12 * 2 * cfg.train.batch_size
+    assert (pretrain_run_dir(cfg) / "trunk.pt").exists()

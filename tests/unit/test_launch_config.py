@@ -158,7 +158,7 @@ def _with(cfg: WeblyConfig, section: str, **changes) -> WeblyConfig:
 @pytest.mark.parametrize(
     ("section", "changes", "message"),
     [
-        ("head", {"name": "cosine"}, "head.name='cosine': choose one of sigmoid, softmax"),
+        ("head", {"name": "cosine"}, "head.name='cosine': choose one of sampled_softmax, sigmoid, softmax"),
         ("model", {"depth": 11}, "model.depth=11: choose one of 10, 18, 34, 50, 101, 152, 200"),
         ("optim", {"name": "lamb"}, "optim.name='lamb': choose one of sgd, adamw"),
         ("launcher", {"name": "k8s"}, "launcher.name='k8s': choose one of local, slurm, debug"),
@@ -225,7 +225,7 @@ def test_group_options() -> None:
     assert group_options() == {
         "data": ["folder", "synthweb"],
         "model": ["resnet101", "resnet152", "resnet18", "resnet200", "resnet34", "resnet50", "tiny", "tiny18"],
-        "head": ["sigmoid", "softmax"],
+        "head": ["sampled_softmax", "sigmoid", "softmax"],
         "optim": ["adamw", "sgd"],
         "launcher": ["debug", "local", "slurm"],
         "logging": ["default"],
