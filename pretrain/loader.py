@@ -12,7 +12,6 @@ so the trainer's totals are exact whatever the number of workers.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pretrain.images import center_crop, decode_rgb, random_resized_crop
-from pretrain.tags import normalize_tags
+from pretrain.tags import normalize_tags, raw_sample_tags
 from pretrain.vocab import Vocabulary
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -133,14 +132,11 @@ class TaggedImageStream(IterableDataset):
 
     def _decode(self, sample: dict[str, Any], rng: random.Random, skipped: Counter[str]):
         """(HWC uint8 crop, tag ids) of one sample, or None after counting why it was skipped."""
-        try:
-            meta = json.loads(sample["json"]) if "json" in sample else None
-        except (ValueError, UnicodeDecodeError):
-            meta = None
-        if not isinstance(meta, dict) or not isinstance(meta.get("tags", []), list):
+        raw_tags = raw_sample_tags(sample)  # the json sidecar's tags, or those of an img2dataset caption
+        if raw_tags is None:
             skipped["bad_json"] += 1
             return None
-        tag_ids = self.vocab.encode(normalize_tags(meta.get("tags", [])))
+        tag_ids = self.vocab.encode(normalize_tags(raw_tags))
         if not tag_ids:
             skipped["no_known_tag"] += 1
             return None
