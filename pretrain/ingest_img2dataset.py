@@ -11,7 +11,6 @@ are counted (the loader skips them too); unreadable tar files are counted and le
 from __future__ import annotations
 
 import tarfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from pretrain.atomic import atomic_write, atomic_write_json, read_json
 from pretrain.config import ShardsConfig
-from pretrain.tags import normalize_tags
 from pretrain.tagcount import TagCounter, tag_counter
+from pretrain.tags import normalize_tags
 from pretrain.vocab import build_vocabulary, coverage
 from pretrain.vocabstats import write_vocab_stats
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pretrain.atomic import atomic_write, atomic_write_json
 
-COVERAGE_KS = (100, 1_000, 10_000, 100_000, 1_000_000)
+COVERAGE_KS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
 STATS_FILE = "vocab_stats.json"
 PLOT_FILE = "vocab_longtail.png"
 
