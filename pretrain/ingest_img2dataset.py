@@ -4,8 +4,9 @@ img2dataset's webdataset output is a folder of `NNNNN.tar` shards holding `{key}
 caption) and `{key}.json` (url, caption, size, status and any extra columns). Nothing is copied: one pass
 over the shards counts the tags (the json's `tags` list when a crawl saved one, else the caption's
 comma-separated pieces or words, as the loader reads them), and the manifest points at the tar files where
-they are. Whole shards are held out, chosen by a hash of their name. Samples without an image or without tags
-are counted (the loader skips them too); unreadable tar files are counted and left out.
+they are. Whole shards are held out, chosen by a hash of their name (the last shard when the hash picks
+none). Samples without an image or without tags are counted (the loader skips them too); unreadable tar
+files are counted and left out.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def ingest_img2dataset(root: str | Path, cfg: ShardsConfig, processes: int = 1) 
     held = [t for t in tars if is_heldout(Path(t).name, cfg.heldout_fraction)]
     if len(held) == len(tars):  # keep at least one shard to train on
         held = held[1:]
+    elif not held and cfg.heldout_fraction > 0 and len(tars) > 1:  # a few shards: evaluation still needs one
+        held = tars[-1:]
     train = [t for t in tars if t not in set(held)]
     counter = tag_counter(cfg.vocab)
     train_stats = [s for s in map_with_progress(scan_shard, train, processes, "img2dataset shards", counter)
