@@ -58,6 +58,7 @@ class DataConfig:
     min_scale: float = 0.35  # RandomResizedCrop area range is [min_scale, 1]
     shuffle_buffer: int = 500
     num_workers: int = 2
+    resample_alpha: float = 1.0  # label resampling q(tag) ∝ count^α: 1 natural, 0.5 square root, 0 uniform
     synth: SynthConfig = field(default_factory=SynthConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
 

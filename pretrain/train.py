@@ -25,6 +25,7 @@ from pretrain.images import to_float
 from pretrain.loader import SKIP_REASONS, TaggedImageStream, make_loader
 from pretrain.models import TaggingModel, build_model, export_torchvision
 from pretrain.optim import build_optimizer, build_scheduler
+from pretrain.resample import TagSampleCounts
 from pretrain.runlog import RunLogger
 from pretrain.shards import Dataset
 from pretrain.stage import write_manifest
@@ -80,6 +81,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     state = TrainState()
+    tag_samples = TagSampleCounts(len(vocab))  # what the (resampled) stream fed, per tag
 
     resumed = load_latest(ckpt_dir) if cfg.train.resume else None
     if resumed is not None:
@@ -88,6 +90,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state.load(saved["state"])
+        if "tag_samples" in saved:
+            tag_samples.counts = saved["tag_samples"]
         set_rng_state(saved["rng"])
         print(f"resuming from {path} (step {state.step})", flush=True)
 
@@ -102,8 +106,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         save_checkpoint(ckpt_dir, state.step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "state": state.as_dict(), "rng": rng_state(),
-            "config": config_dict,
+            "config": config_dict, "tag_samples": tag_samples.counts,
         }, cfg.train.keep_last)
+        logger.log(tag_samples.log_row(state.step, vocab), mirror=False)
 
     def run_eval() -> dict[str, float]:
         row = evaluate(model, dataset.heldout_urls(), vocab, cfg.data.image_size, cfg.train.batch_size,
@@ -113,7 +118,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     stream = TaggedImageStream(train_urls, vocab, cfg.train.batch_size, cfg.data.image_size, train=True,
                                seed=cfg.train.seed, min_scale=cfg.data.min_scale,
-                               shuffle_buffer=cfg.data.shuffle_buffer)
+                               shuffle_buffer=cfg.data.shuffle_buffer, resample_alpha=cfg.data.resample_alpha)
     loader = make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc=f"pretrain {run_dir.name}", unit="step",
                disable=not cfg.logging.progress, mininterval=1.0)
@@ -136,6 +141,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 state.batch_in_epoch += 1
                 state.images_seen += len(batch.keys)
                 state.skipped.update(batch.skipped)
+                tag_samples.update(batch.tag_ids)
                 window_images += len(batch.keys)
                 bar.update()
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
@@ -164,6 +170,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         return {"step": state.step, "status": "stopped"}
 
     final = run_eval()
+    tag_samples.write_tsv(run_dir / "tag_samples.tsv", vocab)
     outputs = _export(model, run_dir)
     summary = {"step": state.step, "images_seen": state.images_seen, **_skip_row(state.skipped), **final,
                "vocab_size": len(vocab), "train_samples": dataset.train_samples(cfg.data.subset)}

@@ -228,6 +228,8 @@ def check(cfg: WeblyConfig) -> None:
         raise ConfigError(f"data.shards.vocab.max_tracked={shards.vocab.max_tracked}: 0 (exact) or at least 2")
     if cfg.data.subset < 0:
         raise ConfigError(f"data.subset={cfg.data.subset}: 1-based subset index, or 0 for all shards")
+    if not 0 <= cfg.data.resample_alpha <= 1:
+        raise ConfigError(f"data.resample_alpha={cfg.data.resample_alpha}: must be in [0, 1] (1 natural, 0 uniform)")
     if not 0 < cfg.data.min_scale <= 1:
         raise ConfigError(f"data.min_scale={cfg.data.min_scale}: must be in (0, 1]")
 
