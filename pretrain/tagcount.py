@@ -32,6 +32,7 @@ class TagCounter:
         self.total = 0  # occurrences seen, exact whatever the pruning
         self.max_undercount = 0  # the sum of all decrements: the bound on any count's error
         self.prunes = 0
+        self.peak_tracked = 0  # most distinct tags held at once (just before a prune)
 
     def update(self, tags: Mapping[str, int] | Iterable[str]) -> None:
         """Add a mapping tag -> count or an iterable of tag occurrences (already normalised)."""
@@ -44,6 +45,7 @@ class TagCounter:
             tags = canonical
         self.counts.update(tags)
         self.total += sum(tags.values())
+        self.peak_tracked = max(self.peak_tracked, len(self.counts))
         if self.max_tracked and len(self.counts) > self.max_tracked:
             self._prune()
 
