@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import json
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -106,8 +107,9 @@ def shard_jobs(
     """
     jobs = []
     for i in range(0, len(items), per_shard):
-        chunk = list(items[i : i + per_shard])
-        digest = hashlib.sha1(json.dumps([source, first_index + i, chunk], sort_keys=True).encode("utf-8"))
+        chunk = items[i : i + per_shard]  # an array slice stays compact: 8 bytes an item, also when pickled
+        content = chunk.tobytes() if isinstance(chunk, array) else json.dumps(chunk, sort_keys=True).encode("utf-8")
+        digest = hashlib.sha1(f"{source}|{first_index + i}|".encode() + content)
         jobs.append(ShardJob(f"{prefix}-{i // per_shard:06d}.tar",
                              functools.partial(samples, *args, chunk, first_index + i), digest.hexdigest()))
     return jobs

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -51,7 +51,7 @@ def photo_path(photos: Path, row: dict[str, str]) -> Path | None:
     return None
 
 
-def yfcc_samples(metadata: str, photos: str, offsets: list[int], first_index: int) -> Iterator[dict[str, Any]]:
+def yfcc_samples(metadata: str, photos: str, offsets: Sequence[int], first_index: int) -> Iterator[dict[str, Any]]:
     """Samples of one shard: the lines at `offsets`, their photos read from `photos`."""
     folder = Path(photos)
     with open(metadata, "rb") as handle:
