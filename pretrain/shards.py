@@ -28,6 +28,7 @@ from pretrain.vocabstats import write_vocab_stats
 
 FORMAT = "webly-shards/1"
 STATS_DIR = "_stats"  # per-shard counts of resumable shards, next to the shards
+SHARD_MTIME = 1_700_000_000  # the modification time of every tar member
 SampleSource = Callable[[], Iterable[dict[str, Any]]]
 
 
@@ -81,7 +82,9 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardStats:
     stats = ShardStats(path.name)
 
     def write(handle) -> None:
-        with wds.TarWriter(handle) as sink:
+        # an integer mtime: no PAX header per member (a float one doubles the headers every reader parses), and
+        # the same samples give the same bytes
+        with wds.TarWriter(handle, mtime=SHARD_MTIME) as sink:
             for sample in samples:
                 if SKIP_KEY in sample:
                     stats.skipped[sample[SKIP_KEY]] += 1
