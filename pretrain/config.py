@@ -32,13 +32,18 @@ class SynthConfig:
 class VocabConfig:
     min_count: int = 2  # tags seen fewer times go out of vocabulary
     top_k: int = 0  # keep only the K most frequent tags; 0 keeps all that pass min_count
+    max_tracked: int = 0  # count at most this many distinct tags (bounded memory, Misra-Gries); 0: exact
+    synonyms: str = ""  # a file of `variant<TAB>canonical` lines: variants count and encode as the canonical tag
+    oov: str = "drop"  # out-of-vocabulary tags: drop | bucket (one shared `<oov>` target)
 
 
 @dataclass
 class ShardsConfig:
     """How samples become webdataset shards (used by `webly synth` and `webly shards`)."""
 
-    input: str = ""  # `webly shards`: a folder of images with sidecar .txt / .json tag files
+    source: str = "folder"  # `webly shards` input kind: folder | yfcc | img2dataset
+    input: str = ""  # folder: images with .txt/.json sidecars; yfcc: the dataset file; img2dataset: its output folder
+    photos: str = ""  # yfcc: the folder of photos named by id ({id}.jpg)
     samples_per_shard: int = 250
     heldout_fraction: float = 0.05  # `webly shards`: fraction of the folder kept out as the held-out set
     subsets: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # nested data sizes
@@ -53,6 +58,7 @@ class DataConfig:
     min_scale: float = 0.35  # RandomResizedCrop area range is [min_scale, 1]
     shuffle_buffer: int = 500
     num_workers: int = 2
+    resample_alpha: float = 1.0  # label resampling q(tag) ∝ count^α: 1 natural, 0.5 square root, 0 uniform
     synth: SynthConfig = field(default_factory=SynthConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
 

@@ -12,7 +12,6 @@ so the trainer's totals are exact whatever the number of workers.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from pretrain.images import center_crop, decode_rgb, random_resized_crop
-from pretrain.tags import normalize_tags
+from pretrain.resample import TAG_IDS_KEY, resample, tag_factors
+from pretrain.tags import normalize_tags, raw_sample_tags
 from pretrain.vocab import Vocabulary
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -86,6 +86,7 @@ class TaggedImageStream(IterableDataset):
         seed: int = 0,
         min_scale: float = 0.35,
         shuffle_buffer: int = 500,
+        resample_alpha: float = 1.0,
     ) -> None:
         if not urls:
             raise ValueError("the loader was given no shards")
@@ -97,6 +98,9 @@ class TaggedImageStream(IterableDataset):
         self.seed = seed
         self.min_scale = min_scale
         self.shuffle_buffer = shuffle_buffer
+        # label resampling q(tag) ∝ count^α (pretrain/resample.py); α = 1 leaves the stream untouched
+        self.resample_alpha = resample_alpha
+        self.tag_factors = tag_factors(vocab.counts, resample_alpha) if train and resample_alpha != 1 else None
         self.epoch = 0
         self.skip_batches = 0
 
@@ -126,6 +130,9 @@ class TaggedImageStream(IterableDataset):
         else:
             urls = iter(self.urls[slot::num_slots])
         samples = wds.tarfile_to_samples(handler=count_bad_shard)({"url": u} for u in urls)
+        if self.tag_factors is not None:
+            draws = random.Random(f"resample-{self.seed}-{self.epoch}-{slot}")
+            samples = resample(samples, self.vocab, self.tag_factors, draws)
         if self.train:
             rng = random.Random(f"shuffle-{self.seed}-{self.epoch}-{slot}")
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
@@ -133,14 +140,13 @@ class TaggedImageStream(IterableDataset):
 
     def _decode(self, sample: dict[str, Any], rng: random.Random, skipped: Counter[str]):
         """(HWC uint8 crop, tag ids) of one sample, or None after counting why it was skipped."""
-        try:
-            meta = json.loads(sample["json"]) if "json" in sample else None
-        except (ValueError, UnicodeDecodeError):
-            meta = None
-        if not isinstance(meta, dict) or not isinstance(meta.get("tags", []), list):
-            skipped["bad_json"] += 1
-            return None
-        tag_ids = self.vocab.encode(normalize_tags(meta.get("tags", [])))
+        tag_ids = sample.get(TAG_IDS_KEY)  # already encoded by the resampling stage
+        if tag_ids is None:
+            raw_tags = raw_sample_tags(sample)  # the json sidecar's tags, or those of an img2dataset caption
+            if raw_tags is None:
+                skipped["bad_json"] += 1
+                return None
+            tag_ids = self.vocab.encode(normalize_tags(raw_tags))
         if not tag_ids:
             skipped["no_known_tag"] += 1
             return None

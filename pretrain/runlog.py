@@ -75,10 +75,11 @@ class RunLogger:
             )
         self.run_id = self.wandb_run.id if self.wandb_run is not None else run_id
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any], mirror: bool = True) -> None:
+        """Append `row`; `mirror=False` keeps it out of W&B (e.g. per-tag counts: thousands of series)."""
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
-        if self.wandb_run is not None:
+        if mirror and self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -21,11 +21,18 @@ from tqdm import tqdm
 
 from pretrain.atomic import atomic_write, atomic_write_json, read_json
 from pretrain.config import ShardsConfig
+from pretrain.tagcount import TagCounter, tag_counter
 from pretrain.tags import normalize_tags
 from pretrain.vocab import build_vocabulary, coverage
+from pretrain.vocabstats import write_vocab_stats
 
 FORMAT = "webly-shards/1"
+STATS_DIR = "_stats"  # per-shard counts of resumable shards, next to the shards
+SHARD_MTIME = 1_700_000_000  # the modification time of every tar member
 SampleSource = Callable[[], Iterable[dict[str, Any]]]
+
+
+SKIP_KEY = "__skip__"  # a sample source yields {SKIP_KEY: reason} for an input it could not use
 
 
 @dataclass
@@ -33,14 +40,26 @@ class ShardStats:
     name: str
     samples: int = 0
     tag_counts: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # inputs left out of this shard, by reason
+    resumed: bool = False  # True when the shard was already there from an earlier run and kept
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": self.samples, "tag_counts": dict(self.tag_counts),
+                "skipped": dict(self.skipped)}
 
 
 @dataclass
 class ShardJob:
-    """One shard to write: its file name and a picklable callable that yields its samples."""
+    """One shard to write: its file name and a picklable callable that yields its samples.
+
+    A non-empty `fingerprint` (what went into the shard: input list, source file, options) makes the shard
+    resumable: a later run with the same fingerprint keeps the finished shard and its counts instead of
+    writing it again.
+    """
 
     name: str
     samples: SampleSource
+    fingerprint: str = ""
 
 
 def _encode_json(meta: dict[str, Any] | bytes) -> bytes:
@@ -59,12 +78,17 @@ def _tags_of(encoded: bytes) -> list[str]:
 
 
 def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardStats:
-    """Write one tar shard atomically and count the normalised tags of its samples."""
+    """Write one tar shard atomically and count the normalised tags of its samples (and the skipped inputs)."""
     stats = ShardStats(path.name)
 
     def write(handle) -> None:
-        with wds.TarWriter(handle) as sink:
+        # an integer mtime: no PAX header per member (a float one doubles the headers every reader parses), and
+        # the same samples give the same bytes
+        with wds.TarWriter(handle, mtime=SHARD_MTIME) as sink:
             for sample in samples:
+                if SKIP_KEY in sample:
+                    stats.skipped[sample[SKIP_KEY]] += 1
+                    continue
                 encoded = _encode_json(sample["json"])
                 stats.tag_counts.update(_tags_of(encoded))
                 sink.write({**sample, "json": encoded})
@@ -74,33 +98,89 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardStats:
     return stats
 
 
+def _stats_path(shard_dir: Path, name: str) -> Path:
+    return shard_dir / STATS_DIR / f"{name}.json"
+
+
+def finished_shard(shard_dir: Path, job: ShardJob) -> ShardStats | None:
+    """The counts of `job`'s shard when an earlier run finished it with the same fingerprint, else None."""
+    if not job.fingerprint or not (shard_dir / job.name).is_file():
+        return None
+    try:
+        saved = read_json(_stats_path(shard_dir, job.name))
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("fingerprint") != job.fingerprint:
+        return None
+    return ShardStats(job.name, int(saved["samples"]), Counter(saved["tag_counts"]), Counter(saved["skipped"]),
+                      resumed=True)
+
+
 def _run_job(job_and_dir: tuple[ShardJob, Path]) -> ShardStats:
     job, shard_dir = job_and_dir
-    return write_shard(shard_dir / job.name, job.samples())
+    kept = finished_shard(shard_dir, job)
+    if kept is not None:
+        return kept
+    stats = write_shard(shard_dir / job.name, job.samples())
+    if job.fingerprint:  # written after the shard: a shard without its counts is rewritten on resume
+        atomic_write_json(_stats_path(shard_dir, job.name), {**stats.as_dict(), "fingerprint": job.fingerprint})
+    return stats
 
 
-def write_shards(
-    shard_dir: Path, jobs: Sequence[ShardJob], processes: int = 1, desc: str = "shards"
+def map_with_progress(
+    fn: Callable[[Any], ShardStats], items: Sequence[Any], processes: int = 1, desc: str = "shards",
+    counter: TagCounter | None = None,
 ) -> list[ShardStats]:
-    """Write every job's shard, in parallel over processes, with a progress bar; results in job order."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    work = [(job, shard_dir) for job in jobs]
-    bar = tqdm(total=len(jobs), desc=desc, unit="shard")
+    """fn over items, in parallel over (spawned) processes, with a progress bar of running totals; in order.
+
+    With a `counter`, every result's tag counts are moved into it as the result arrives.
+    """
+    bar = tqdm(total=len(items), desc=desc, unit="shard")
+    totals: Counter[str] = Counter()
+    results: list[ShardStats] = []
+
+    def done(stats: ShardStats) -> None:
+        if counter is not None:
+            counter.update(stats.tag_counts)
+            stats.tag_counts = Counter()
+        results.append(stats)
+        totals.update(samples=stats.samples, skipped=sum(stats.skipped.values()), kept=int(stats.resumed))
+        bar.set_postfix(totals, refresh=False)
+        bar.update()
+
     try:
-        if processes > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("spawn").Pool(processes) as pool:
-                results = []
-                for stats in pool.imap(_run_job, work):
-                    results.append(stats)
-                    bar.update()
-                return results
-        results = []
-        for item in work:
-            results.append(_run_job(item))
-            bar.update()
+        if processes > 1 and len(items) > 1:
+            with multiprocessing.get_context("spawn").Pool(min(processes, len(items))) as pool:
+                for stats in pool.imap(fn, items):
+                    done(stats)
+        else:
+            for item in items:
+                done(fn(item))
         return results
     finally:
         bar.close()
+
+
+def write_shards(
+    shard_dir: Path, jobs: Sequence[ShardJob], processes: int = 1, desc: str = "shards",
+    counter: TagCounter | None = None,
+) -> list[ShardStats]:
+    """Write every job's shard (keeping finished resumable ones), in parallel over processes; in job order.
+
+    With a `counter`, each shard's tag counts go into it as the shard finishes and are not kept in its stats,
+    so memory stays bounded by the counter whatever the number of shards.
+    """
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    return map_with_progress(_run_job, [(job, shard_dir) for job in jobs], processes, desc, counter)
+
+
+def count_totals(stats: Sequence[ShardStats]) -> dict[str, Any]:
+    """Totals over shards: samples, skipped inputs by reason, and how many shards an earlier run had finished."""
+    skipped: Counter[str] = Counter()
+    for s in stats:
+        skipped.update(s.skipped)
+    return {"shards": len(stats), "samples": sum(s.samples for s in stats), "skipped": dict(sorted(skipped.items())),
+            "kept_from_earlier_run": sum(s.resumed for s in stats)}
 
 
 def subset_sizes(num_shards: int, fractions: Sequence[float]) -> list[int]:
@@ -111,6 +191,13 @@ def subset_sizes(num_shards: int, fractions: Sequence[float]) -> list[int]:
     return sorted(counts | {num_shards})
 
 
+def _shard_entry(stats: ShardStats) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": stats.name, "samples": stats.samples}
+    if stats.skipped:
+        entry["skipped"] = dict(sorted(stats.skipped.items()))
+    return entry
+
+
 def finalize_dataset(
     root: Path,
     train: list[ShardStats],
@@ -118,13 +205,22 @@ def finalize_dataset(
     cfg: ShardsConfig,
     source: str,
     extra: dict[str, Any] | None = None,
+    counter: TagCounter | None = None,
 ) -> dict[str, Any]:
-    """Build the vocabulary from the training shards and write `vocab.tsv` and `manifest.json`."""
-    tag_counts: Counter[str] = Counter()
-    for stats in train:
-        tag_counts.update(stats.tag_counts)
-    vocab = build_vocabulary(tag_counts, cfg.vocab.min_count, cfg.vocab.top_k)
+    """Build the vocabulary from the training shards and write `vocab.tsv`, its statistics and `manifest.json`.
+
+    `counter` holds the training shards' tag counts when `write_shards` already folded them in as they came.
+    """
+    if counter is None:
+        counter = tag_counter(cfg.vocab)
+        for stats in train:
+            counter.update(stats.tag_counts)
+    vocab = build_vocabulary(counter.counts, cfg.vocab.min_count, cfg.vocab.top_k, cfg.vocab.oov, counter.total,
+                             counter.synonyms)
     vocab.save(root / "vocab.tsv")
+    counting = {"max_tracked": counter.max_tracked, "max_undercount": counter.max_undercount,
+                "prunes": counter.prunes}
+    stats_summary = write_vocab_stats(root, counter.counts, counter.total, len(vocab), extra={"counting": counting})
     subsets = []
     for k, n in enumerate(subset_sizes(len(train), cfg.subsets), start=1):
         subsets.append({"index": k, "shards": n, "samples": sum(s.samples for s in train[:n])})
@@ -133,15 +229,20 @@ def finalize_dataset(
         "source": source,
         "num_samples": sum(s.samples for s in train),
         "num_shards": len(train),
-        "shards": [{"name": s.name, "samples": s.samples} for s in train],
-        "heldout": [{"name": s.name, "samples": s.samples} for s in heldout],
+        "shards": [_shard_entry(s) for s in train],
+        "heldout": [_shard_entry(s) for s in heldout],
+        "counts": {"train": count_totals(train), "heldout": count_totals(heldout)},
         "subsets": subsets,
         "vocab": {
             "size": len(vocab),
-            "distinct_tags": len(tag_counts),
-            "coverage": round(coverage(vocab, tag_counts), 6),
+            "distinct_tags": len(counter),
+            "coverage": round(coverage(vocab, counter.counts, counter.total), 6),
+            "coverage_at_k": stats_summary["coverage_at_k"],
             "min_count": cfg.vocab.min_count,
             "top_k": cfg.vocab.top_k,
+            "oov": cfg.vocab.oov,
+            "synonyms": len(counter.synonyms),
+            **counting,
         },
         **(extra or {}),
     }

@@ -38,6 +38,7 @@ from pretrain.evaluate import evaluate
 from pretrain.loader import SKIP_REASONS, TaggedImageStream, make_loader
 from pretrain.models import TaggingModel, build_model, export_torchvision
 from pretrain.optim import build_optimizer, build_scheduler, build_sparse_optimizer
+from pretrain.resample import TagSampleCounts
 from pretrain.runlog import RunLogger
 from pretrain.shards import Dataset
 from pretrain.stage import write_manifest
@@ -115,6 +116,7 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
     schedulers = [build_scheduler(opt, cfg.optim, cfg.train.steps) for opt in optimizers]
     sampler = getattr(model.head, "sampler", None)
     state = TrainState()
+    tag_samples = TagSampleCounts(len(vocab))  # what the (resampled) stream fed, per tag
 
     resumed = load_latest(ckpt_dir) if cfg.train.resume else None
     if resumed is not None:
@@ -130,6 +132,9 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
             warnings.warn(f"{path}: written by {len(ranks)} process(es), resumed by {info.world_size}: the data "
                           "order from here on differs from an uninterrupted run", stacklevel=2)
         state.load(ranks[info.rank] if len(ranks) == info.world_size else saved["state"])
+        rank_counts = saved.get("tag_samples", [])  # one count vector per rank
+        if len(rank_counts) == info.world_size:
+            tag_samples.counts = rank_counts[info.rank]
         set_rng_state(saved["rng"])
         if info.is_main:
             print(f"resuming from {path} (step {state.step})", flush=True)
@@ -157,6 +162,7 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
 
     def checkpoint() -> None:
         ranks = all_gather_objects(info, state.as_dict())  # every rank's data position and skip counts
+        rank_counts = all_gather_objects(info, tag_samples.counts)  # and what its stream fed, per tag
         if info.is_main:
             payload = {"model": model.state_dict(), "state": state.as_dict(), "ranks": ranks, "rng": rng_state(),
                        "config": config_dict}
@@ -165,7 +171,9 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
                 payload[key.replace("optimizer", "scheduler")] = sched.state_dict()
             if sampler is not None:
                 payload["sampler"] = sampler.state_dict()
+            payload["tag_samples"] = rank_counts
             save_checkpoint(ckpt_dir, state.step, payload, cfg.train.keep_last)
+            logger.log(TagSampleCounts.summed(rank_counts).log_row(state.step, vocab), mirror=False)
         if info.distributed:
             dist.barrier()  # no rank runs ahead of a checkpoint that is not on disk yet
 
@@ -178,7 +186,7 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
 
     stream = TaggedImageStream(train_urls, vocab, cfg.train.batch_size, cfg.data.image_size, train=True,
                                seed=cfg.train.seed, min_scale=cfg.data.min_scale,
-                               shuffle_buffer=cfg.data.shuffle_buffer)
+                               shuffle_buffer=cfg.data.shuffle_buffer, resample_alpha=cfg.data.resample_alpha)
     loader = make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=cfg.train.steps, initial=state.step, desc=f"pretrain {run_dir.name}", unit="step",
                disable=not (cfg.logging.progress and info.is_main), mininterval=1.0)
@@ -199,6 +207,7 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
                 for batch in micro:
                     state.images_seen += len(batch.keys)
                     state.skipped.update(batch.skipped)
+                    tag_samples.update(batch.tag_ids)
                     window_images += len(batch.keys) * info.world_size
                 bar.update()
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
@@ -230,11 +239,13 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
             logger.finish({})
             write_manifest(run_dir, "pretrain", status, config_dict, stopped_at=state.step)
         return {"step": state.step, "status": status}
+    fed = TagSampleCounts.summed(all_gather_objects(info, tag_samples.counts))
     if not info.is_main:
         return {"step": state.step, "rank": info.rank}
 
     assert logger is not None
     final = run_eval()
+    fed.write_tsv(run_dir / "tag_samples.tsv", vocab)
     outputs = _export(model, run_dir)
     summary = {"step": state.step, "images_seen": state.images_seen * info.world_size,
                **_skip_row(state.skipped), **final, "vocab_size": len(vocab),

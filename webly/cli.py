@@ -26,7 +26,7 @@ from webly.launch import array_id, submit, submit_batch, wait
 
 COMMANDS: dict[str, str] = {
     "synth": "generate the synthetic web corpus as shards in data.root",
-    "shards": "shard a folder of images with sidecar tag files (data.shards.input) into data.root",
+    "shards": "shard data.shards.input into data.root (data.shards.source=folder|yfcc|img2dataset)",
     "pretrain": "pretrain a ResNet on the shards in data.root",
     "transfer": "transfer one trunk (transfer.init, empty: random init) to one task (task=...)",
     "dedup": "flag benchmark test images that near-duplicate the corpus (writes dedup.json)",
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "shards" and not cfg.data.shards.input:
         print(
             "webly shards: config error: data.shards.input is empty: name the folder of images with sidecar "
-            "tag files (data.shards.input=DIR)",
+            "tag files, the YFCC100M dataset file or img2dataset's output folder (data.shards.input=PATH)",
             file=sys.stderr,
         )
         return 2

@@ -227,8 +227,19 @@ def check(cfg: WeblyConfig) -> None:
         unknown = [v for v in values if v not in options[group]]
         if unknown:
             raise ConfigError(f"{key}: unknown {unknown}; options of the {group} group: {', '.join(options[group])}")
+    shards = cfg.data.shards
+    for key, value, allowed in (("data.shards.source", shards.source, ("folder", "yfcc", "img2dataset")),
+                                ("data.shards.vocab.oov", shards.vocab.oov, ("drop", "bucket"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    if shards.source == "yfcc" and shards.input and not shards.photos:
+        raise ConfigError("data.shards.photos is empty: data.shards.source=yfcc needs the folder of photos")
+    if shards.vocab.max_tracked < 0 or shards.vocab.max_tracked == 1:
+        raise ConfigError(f"data.shards.vocab.max_tracked={shards.vocab.max_tracked}: 0 (exact) or at least 2")
     if cfg.data.subset < 0:
         raise ConfigError(f"data.subset={cfg.data.subset}: 1-based subset index, or 0 for all shards")
+    if not 0 <= cfg.data.resample_alpha <= 1:
+        raise ConfigError(f"data.resample_alpha={cfg.data.resample_alpha}: must be in [0, 1] (1 natural, 0 uniform)")
     if not 0 < cfg.data.min_scale <= 1:
         raise ConfigError(f"data.min_scale={cfg.data.min_scale}: must be in (0, 1]")
 

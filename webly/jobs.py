@@ -18,7 +18,7 @@ import submitit
 
 from pretrain.atomic import read_json
 from pretrain.config import ModelConfig, PretrainConfig
-from pretrain.ingest import ingest_folder
+from pretrain.sources import ingest
 from pretrain.stage import is_done, write_manifest
 from pretrain.synthweb.dataset import write_synthweb
 from pretrain.train import pretrain
@@ -47,10 +47,10 @@ def synth_job(cfg: WeblyConfig) -> dict[str, Any]:
 
 
 def shards_job(cfg: WeblyConfig) -> dict[str, Any]:
-    """Shard the folder `data.shards.input` into `data.root`; returns the dataset manifest summary."""
+    """Shard `data.shards.input` (a `data.shards.source`) into `data.root`; returns the dataset manifest summary."""
     if not cfg.data.shards.input:
-        raise ValueError("data.shards.input is empty: name the folder of images with sidecar tag files")
-    manifest = ingest_folder(cfg.data.root, cfg.data.shards, processes=_processes())
+        raise ValueError("data.shards.input is empty: name the folder, YFCC100M file or img2dataset output")
+    manifest = ingest(cfg.data.root, cfg.data.shards, processes=_processes())
     return {k: v for k, v in manifest.items() if k != "shards"}
 
 

@@ -108,7 +108,9 @@ def test_manifest_counts_and_subsets(dataset_root) -> None:
     ]
     # held-out tags (shard9) do not enter the vocabulary; rare tags (count 1) fall below min_count=2
     assert manifest["vocab"] == {"size": 6, "distinct_tags": 20, "coverage": round(28 / 42, 6), "min_count": 2,
-                                 "top_k": 0}
+                                 "top_k": 0, "oov": "drop", "synonyms": 0, "max_tracked": 0, "max_undercount": 0,
+                                 "prunes": 0, "coverage_at_k": manifest["vocab"]["coverage_at_k"]}
+    assert set(manifest["vocab"]["coverage_at_k"]) == {"10"}
     assert manifest["note"] == {"k": 1}
 
 
@@ -123,7 +125,8 @@ def test_vocab_tsv_content(dataset_root) -> None:
 
 def test_no_temporary_files_are_left(dataset_root) -> None:
     root, _, _ = dataset_root
-    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shards", "vocab.tsv"]
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shards", "vocab.tsv", "vocab_longtail.png",
+                                                      "vocab_stats.json"]
     assert sorted(p.name for p in (root / "shards").iterdir()) == ["heldout-000000.tar"] + [
         f"train-{i:06d}.tar" for i in range(5)]
 
