@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -259,10 +260,11 @@ def test_webly_help_lists_commands_and_groups(capsys: pytest.CaptureFixture[str]
 
 def test_webly_pretrain_help_lists_options_and_groups(capsys: pytest.CaptureFixture[str]) -> None:
     out = _help(["pretrain", "--help"], capsys)
-    assert out.startswith("usage: webly pretrain [-h] [--cfg] [OVERRIDE ...]")
+    assert out.startswith("usage: webly pretrain [-h] [--cfg] [-m] [OVERRIDE ...]")
     assert "pretrain a ResNet on the shards in data.root" in out
-    assert "--cfg       print the composed config and exit" in out
-    assert "OVERRIDE    group=option or key=value" in out
+    assert re.search(r"--cfg +print the composed config and exit", out)
+    assert re.search(r"-m, --multirun +sweep: key=a,b,c runs one job per combination", out)
+    assert re.search(r"OVERRIDE +group=option or key=value", out)
     _assert_lists_groups(out)
 
 
