@@ -16,7 +16,6 @@ overall, per benchmark and per edit, for each rule alone and with threshold swee
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,14 @@ from transfer import descriptors
 from transfer.backbone import load_trunk, trunk_model_config
 from transfer.config import DedupConfig
 from transfer.descriptors import FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
+from transfer.index import IndexSettings, ViewIndex, build_index
+from transfer.scoring import benchmark_of, evaluate, scores  # noqa: F401  (scores: part of this module's API)
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DESCRIPTORS = ("tiny", "cnn")
 MARGINS = ("ratio", "difference")
-HASH_SWEEP = list(range(17))  # 0 .. 16 bits
-MARGIN_SWEEP = [round(0.025 * i, 3) for i in range(40)]  # 0.000 .. 0.975
-SIMILARITY_SWEEP = [round(0.80 + 0.01 * i, 2) for i in range(20)]  # 0.80 .. 0.99: absolute s1, for comparison
 TWIN_CANDIDATES = 3  # distinct corpus images after the best one looked at for the second match
 DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid")}
 
@@ -62,10 +60,6 @@ def find_test_images(benchmark_root: str | Path) -> list[tuple[str, Path]]:
     return [(p.relative_to(root).as_posix(), p) for p in paths]
 
 
-def benchmark_of(image_id: str) -> str:
-    return image_id.split("/", 1)[0]
-
-
 def nearest_hash(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hamming distance to, and index of, the nearest corpus code of each packed query code."""
     index = faiss.IndexBinaryFlat(corpus.shape[1] * 8)
@@ -86,30 +80,27 @@ class Matches:
 
 
 def nearest_two(
-    queries: np.ndarray, corpus: np.ndarray, views: int, twin_cosine: float = 1.0, chunk_images: int = 4096,
+    queries: np.ndarray, corpus: np.ndarray | ViewIndex, views: int = 1, twin_cosine: float = 1.0,
+    chunk_images: int = 4096,
 ) -> Matches:
-    """Best and second-best corpus *images* of each query, each by its best view (`corpus`: image-major views).
+    """Best and second-best corpus *images* of each query, each by its best view.
 
-    Exact: the top (1 + TWIN_CANDIDATES) * views + 1 views hold the best views of that many distinct images.
-    A candidate whose full view has cosine >= `twin_cosine` with the best image's is a twin of it (the corpus
-    holds that photo twice) and is skipped: a copy must not be its own hard negative. When every candidate is a
-    twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards not flagging). The corpus
-    is searched in chunks of images made float32 one at a time, so only the float16 descriptors stay resident.
+    `corpus`: image-major views ((N * views) x D, searched exactly) or a ViewIndex (flat or IVF-PQ; its views).
+    The top (1 + TWIN_CANDIDATES) * views + 1 views hold the best views of that many distinct images (exactly
+    so for flat search). A candidate whose full view has cosine >= `twin_cosine` with the best image's is a
+    twin of it (the corpus holds that photo twice) and is skipped: a copy must not be its own hard negative.
+    When every candidate is a twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards
+    not flagging). Flat search goes through the corpus in chunks made float32 one at a time.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    index = corpus if isinstance(corpus, ViewIndex) else build_index(corpus, views, IndexSettings(kind="flat"))
+    views = index.views
+    queries = index.reduce(queries)
     k = (1 + TWIN_CANDIDATES) * views + 1
-    sims, ids = [], []  # per chunk: its top k, as global view indices
-    for start in range(0, len(corpus), chunk_images * views):
-        block = np.ascontiguousarray(corpus[start:start + chunk_images * views], dtype=np.float32)
-        s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)  # flat, no copy
-        sims.append(s)
-        ids.append(np.where(i >= 0, i + start, -1))
-    sim, idx = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    sim, idx = np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
+    sim, idx = index.search(queries, k, chunk_images)
     image = np.where(idx >= 0, idx // views, -1)
-    out = Matches(sim[:, 0].astype(np.float64), image[:, 0], idx[:, 0] % views,
+    out = Matches(sim[:, 0].astype(np.float64), image[:, 0], np.where(idx[:, 0] >= 0, idx[:, 0] % views, 0),
                   np.full(len(queries), -1.0), np.full(len(queries), -1, dtype=np.int64))
+    full = index.full
     for row in range(len(queries)):
         first = image[row, 0]
         twins: set[int] = set()
@@ -117,8 +108,7 @@ def nearest_two(
             other = int(image[row, col])
             if other < 0 or other == first or other in twins:
                 continue
-            full = corpus[first * views].astype(np.float32) @ corpus[other * views].astype(np.float32)
-            if full >= twin_cosine:
+            if full[first].astype(np.float32) @ full[other].astype(np.float32) >= twin_cosine:
                 twins.add(other)
                 out.s2[row] = sim[row, col]  # the bound, should no non-twin follow
                 continue
@@ -134,73 +124,6 @@ def margin_score(s1: np.ndarray, s2: np.ndarray, kind: str) -> np.ndarray:
         return s1 - s2
     d1, d2 = np.sqrt(np.maximum(2 - 2 * s1, 0.0)), np.sqrt(np.maximum(2 - 2 * s2, 0.0))
     return 1 - d1 / np.maximum(d2, 1e-6)
-
-
-def scores(flagged: set[str], truth: set[str]) -> dict[str, Any]:
-    """Precision, recall, F1 of a flagged set. Conventions: nothing flagged has precision 1 (no false
-    positive); nothing to find has recall 1; F1 is 0 when precision + recall is 0."""
-    tp, fp, fn = len(flagged & truth), len(flagged - truth), len(truth - flagged)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
-            "tp": tp, "fp": fp, "fn": fn}
-
-
-def _scored(ids: list[str], mask: np.ndarray, truth: set[str]) -> dict[str, Any]:
-    """Scores overall and per benchmark of the ids selected by `mask`."""
-    flagged = {i for i, m in zip(ids, mask, strict=True) if m}
-    result: dict[str, Any] = {"overall": scores(flagged, truth), "per_benchmark": {}}
-    for name in sorted({benchmark_of(i) for i in ids}):
-        result["per_benchmark"][name] = scores({i for i in flagged if benchmark_of(i) == name},
-                                               {i for i in truth if benchmark_of(i) == name})
-    return result
-
-
-def _sweep(ids: list[str], values: np.ndarray, thresholds: list, truth: set[str], below: bool) -> list[dict]:
-    rows = []
-    for threshold in thresholds:
-        mask = values <= threshold if below else values >= threshold
-        row = scores({i for i, m in zip(ids, mask, strict=True) if m}, truth)
-        rows.append({"threshold": threshold, "flagged": int(mask.sum()), **row})
-    return rows
-
-
-def evaluate(
-    ids: list[str], hash_distance: np.ndarray | None, margin: np.ndarray | None, similarity: np.ndarray | None,
-    flagged: np.ndarray, cfg: DedupConfig, truth_records: list[dict[str, Any]], matched_keys: dict[str, str],
-) -> dict[str, Any]:
-    """Score the flagged set, each rule alone at its threshold, recall per edit, and threshold sweeps, against
-    the planted near-duplicates. Ground-truth ids that are not test images are listed, not scored."""
-    known = set(ids)
-    truth = {r["id"] for r in truth_records if r["id"] in known}
-    result: dict[str, Any] = {
-        "ground_truth": len(truth),
-        "missing_ids": sorted({r["id"] for r in truth_records} - known),
-        **_scored(ids, flagged, truth),
-        "hash_only": None, "margin_only": None, "per_edit": {}, "sweep": {},
-    }
-    found = {i for i, m in zip(ids, flagged, strict=True) if m}
-    by_edit: dict[str, list[str]] = defaultdict(list)
-    for record in truth_records:
-        if record["id"] in known:
-            by_edit[str(record.get("edit", "?"))].append(record["id"])
-    for edit, members in sorted(by_edit.items()):
-        hits = len(found.intersection(members))
-        result["per_edit"][edit] = {"planted": len(members), "found": hits, "recall": round(hits / len(members), 6)}
-    if hash_distance is not None:
-        result["hash_only"] = _scored(ids, hash_distance <= cfg.hash_threshold, truth)
-        result["sweep"]["hash"] = _sweep(ids, hash_distance, HASH_SWEEP, truth, below=True)
-    if margin is not None and similarity is not None:
-        result["margin_only"] = _scored(ids, margin >= cfg.margin_threshold, truth)
-        result["sweep"]["margin"] = _sweep(ids, margin, MARGIN_SWEEP, truth, below=False)
-        result["sweep"]["similarity"] = _sweep(ids, similarity, SIMILARITY_SWEEP, truth, below=False)
-    # Did a correctly flagged copy match the very corpus image it was made from?
-    true_keys = {r["id"]: r.get("corpus_key") for r in truth_records}
-    hits = [i for i in matched_keys if i in truth and true_keys.get(i)]
-    correct = sum(matched_keys[i] == true_keys[i] for i in hits)
-    result["corpus_key_accuracy"] = round(correct / len(hits), 6) if hits else None
-    return result
 
 
 def _check(cfg: DedupConfig) -> None:
