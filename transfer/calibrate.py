@@ -11,14 +11,16 @@ highest recall whose precision reaches the target, and it is recorded with its c
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from pretrain.shards import Dataset
+from transfer.config import CalibrationConfig
 from transfer.descriptors import iter_shards
 from transfer.edits import apply_edit
 
@@ -127,3 +129,19 @@ def calibrate(ids: list[str], margin: np.ndarray, truth: list[dict[str, Any]], t
         "per_edit": dict(sorted(per_edit.items())),
         "curve": thin(curve),
     }
+
+
+def run_calibration(corpus_root: str, cfg: CalibrationConfig, fallback: float, progress: bool,
+                    describe: Callable[[list[tuple[str, bytes]]], np.ndarray],
+                    margins: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """Plant the calibration set, describe it (`describe`: items -> query vectors), score it (`margins`:
+    vectors -> one margin per image) and choose the threshold; returns the record of `calibrate`."""
+    started = time.perf_counter()
+    items, truth, skipped = calibration_set(corpus_root, cfg.copies, cfg.edits, cfg.seed)
+    margin = margins(describe(items))
+    record = calibrate([image_id for image_id, _ in items], margin, truth, cfg.target_precision, fallback)
+    if progress:
+        print(f"[dedup] calibration: threshold {record['threshold']} (precision {record['precision']:.3f}, "
+              f"recall {record['recall']:.3f}) on {len(items)} images", flush=True)
+    return {**record, "edits": list(cfg.edits), "seed": cfg.seed, "skipped": dict(skipped),
+            "seconds": round(time.perf_counter() - started, 2)}

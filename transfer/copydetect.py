@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,10 @@ from torch.nn import functional as F
 
 from pretrain.atomic import atomic_write
 from pretrain.images import decode_rgb, to_float
-from transfer.edits import HEAVY_EDITS, apply_edit
+from transfer.config import CopyNetConfig
+from transfer.edits import apply_edit
 
 FORMAT = "webly-copydetect/1"
-
-
-@dataclass
-class CopyNetConfig:
-    """The copy-detection net and its training (SSCD-like)."""
-
-    input_size: int = 48  # side of a view fed to the net
-    width: int = 32  # channels of the first stage (doubled per stage, 4 stages)
-    dim: int = 64  # descriptor dimensions
-    gem_p: float = 3.0  # GeM pooling exponent (1: average pooling)
-    train_images: int = 1500  # corpus images sampled for training (memory: input_size**2 * 3 bytes each)
-    steps: int = 250
-    batch_size: int = 64  # images per step; each gives two edited views
-    lr: float = 3e-3
-    temperature: float = 0.1
-    entropy_weight: float = 0.1  # KoLeo differential-entropy regulariser (SSCD uses ~0.1 .. 0.3)
-    max_edits: int = 2  # each training view chains 1 .. max_edits heavy edits
-    seed: int = 0
-    edits: list[str] = field(default_factory=lambda: list(HEAVY_EDITS))
 
 
 def gem(features: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:

@@ -16,7 +16,8 @@ overall, per benchmark and per edit, for each rule alone and with threshold swee
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,23 @@ import torch
 
 from pretrain.atomic import atomic_write_json, read_json
 from pretrain.config import ModelConfig
-from transfer import descriptors
+from pretrain.shards import Dataset
+from transfer import copydetect, descriptors
 from transfer.backbone import load_trunk, trunk_model_config
-from transfer.config import DedupConfig
-from transfer.descriptors import FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
-from transfer.index import IndexSettings, ViewIndex, build_index
+from transfer.calibrate import run_calibration
+from transfer.config import DedupConfig, IndexConfig
+from transfer.descriptors import FLIP_VIEW, FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
+from transfer.index import ViewIndex, build_index, load_or_build
 from transfer.scoring import benchmark_of, evaluate, scores  # noqa: F401  (scores: part of this module's API)
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DESCRIPTORS = ("tiny", "cnn")
+DESCRIPTORS = ("tiny", "cnn", "copy")
 MARGINS = ("ratio", "difference")
 TWIN_CANDIDATES = 3  # distinct corpus images after the best one looked at for the second match
-DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid")}
+DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid"),
+                      "copy": ("copy",)}
 
 
 def _images_in(folder: Path, pattern: str) -> list[Path]:
@@ -92,7 +96,7 @@ def nearest_two(
     When every candidate is a twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards
     not flagging). Flat search goes through the corpus in chunks made float32 one at a time.
     """
-    index = corpus if isinstance(corpus, ViewIndex) else build_index(corpus, views, IndexSettings(kind="flat"))
+    index = corpus if isinstance(corpus, ViewIndex) else build_index(corpus, views, IndexConfig(kind="flat"))
     views = index.views
     queries = index.reduce(queries)
     k = (1 + TWIN_CANDIDATES) * views + 1
@@ -163,13 +167,55 @@ def run_dedup(
         faiss.omp_set_num_threads(previous_omp)
 
 
-def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int) -> Describer | None:
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) else value
+
+
+def _cache_dir(cfg: DedupConfig, corpus_root: str, out_dir: str) -> Path:
+    """Where the corpus descriptors, trained copy net and indexes live: one folder per corpus under
+    `index_dir` (shared by every benchmark de-duplicated against that corpus), else `out_dir`."""
+    if not cfg.index_dir:
+        return Path(out_dir)
+    return Path(cfg.index_dir) / descriptors.corpus_fingerprint(Dataset.open(corpus_root))[:16]
+
+
+def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
+               cache_dir: Path, progress: bool) -> tuple[Describer | None, dict[str, Any] | None]:
+    """The vector describer of `cfg.descriptor` and, for the trained copy net, its training log."""
     if cfg.descriptor == "tiny":
-        return descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight)
+        return descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight), None
     if cfg.descriptor == "cnn":
         trunk = load_trunk(trunk_init, model_cfg, seed)
-        return descriptors.TrunkGrid(trunk, cfg.image_size, cfg.cnn_stage, cfg.cnn_grid)
-    return None
+        return descriptors.TrunkGrid(trunk, cfg.image_size, cfg.cnn_stage, cfg.cnn_grid, cfg.cnn_pool,
+                                     cfg.gem_p), None
+    if cfg.descriptor == "copy":
+        dataset = Dataset.open(corpus_root)
+        net, log = copydetect.load_or_train(cache_dir / "copynet.pt", cfg.copy, descriptors.corpus_fingerprint(dataset),
+                                            descriptors.iter_shards(dataset.train_urls(0), Counter()), progress)
+        return descriptors.CopyDescriber(net, cfg.copy.input_size), log
+    return None, None
+
+
+def best_orientation(vectors: np.ndarray, index: ViewIndex, orientations: int, cfg: DedupConfig
+                     ) -> tuple[Matches, np.ndarray]:
+    """Matches and margins of image-major query views (`orientations` per image: as is, mirrored), keeping per
+    image the orientation of highest margin."""
+    matches = nearest_two(vectors, index, twin_cosine=cfg.twin_cosine)
+    margin = margin_score(matches.s1, matches.s2, cfg.margin)
+    pick = np.arange(0, len(margin), orientations) + margin.reshape(-1, orientations).argmax(axis=1)
+    return Matches(*(getattr(matches, f.name)[pick] for f in fields(Matches))), margin[pick]
+
+
+def _record(n: int, image_id: str, hash_distance, hash_index, matches, margin, boxes, keys) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": image_id, "benchmark": benchmark_of(image_id)}
+    if hash_distance is not None:
+        record.update(hash_distance=int(hash_distance[n]), hash_key=keys[hash_index[n]])
+    if matches is not None:
+        record.update(margin=round(float(margin[n]), 6), similarity=round(float(matches.s1[n]), 6),
+                      second_similarity=round(float(matches.s2[n]), 6),
+                      margin_key=keys[matches.image1[n]], view=list(boxes[matches.view[n]]),
+                      second_key=keys[matches.image2[n]] if matches.image2[n] >= 0 else None)
+    return record
 
 
 def _run_dedup(
@@ -182,48 +228,59 @@ def _run_dedup(
     if not tests:
         raise ValueError(f"{benchmark_root}: no test images of {', '.join(BENCHMARKS)}")
     hash_size = cfg.hash_size if cfg.use_hash else None
-    describer = _describer(cfg, trunk_init, model_cfg, seed)
+    cache_dir = _cache_dir(cfg, corpus_root, out_dir)
+    describer, training = _describer(cfg, trunk_init, model_cfg, seed, corpus_root, cache_dir, progress)
     boxes = view_boxes(cfg.view_fractions, cfg.view_grid) if describer else [FULL_VIEW]
+    queries = [FULL_VIEW, FLIP_VIEW] if cfg.query_flip else [FULL_VIEW]
     # One decode side for every descriptor setting, so switching tiny <-> cnn keeps the cached hashes.
     side = decode_side(hash_size, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions, default=1.0))
-    corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, Path(out_dir) / descriptors.CACHE_NAME, hash_size,
+    corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, cache_dir / descriptors.CACHE_NAME, hash_size,
                                                          describer, boxes, side, cfg.batch_size, progress)
     if not corpus.keys:
         raise ValueError(f"{corpus_root}: no decodable training image to compare against")
+    index = index_info = None
+    if corpus.vectors is not None:
+        meta = {"corpus": corpus_info.get("fingerprint"), "describer": describer.spec, "boxes": boxes, "side": side}
+        index, index_info = load_or_build(cache_dir, meta, corpus.vectors, corpus.views, cfg.index)
+    margin_threshold, calibration = cfg.margin_threshold, None
+    if index is not None and cfg.calibration.target_precision > 0:
+        calibration = run_calibration(corpus_root, cfg.calibration, cfg.margin_threshold, progress,
+                                      lambda items: describe(items, None, describer, queries, side, cfg.batch_size,
+                                                             progress=False).vectors,
+                                      lambda vectors: best_orientation(vectors, index, len(queries), cfg)[1])
+        atomic_write_json(Path(out_dir) / "calibration.json", calibration)
+        margin_threshold = calibration["threshold"]
     test_started = time.perf_counter()
     items = ((image_id, path.read_bytes()) for image_id, path in tests)
-    test: Descriptors = describe(items, hash_size, describer, [FULL_VIEW], side, cfg.batch_size, total=len(tests),
+    test: Descriptors = describe(items, hash_size, describer, queries, side, cfg.batch_size, total=len(tests),
                                  desc="test descriptors", progress=progress, strict=True)
     ids = test.keys
 
     search_started = time.perf_counter()
-    hash_distance = margin = matches = None
+    hash_distance = hash_index = margin = matches = None
     by_hash = by_margin = np.zeros(len(ids), dtype=bool)  # a rule that is off flags nothing
     if test.hashes is not None:
         hash_distance, hash_index = nearest_hash(test.hashes, corpus.hashes)
         by_hash = hash_distance <= cfg.hash_threshold
     if test.vectors is not None:
-        matches = nearest_two(test.vectors, corpus.vectors, corpus.views, cfg.twin_cosine)
-        margin = margin_score(matches.s1, matches.s2, cfg.margin)
-        by_margin = margin >= cfg.margin_threshold
+        matches, margin = best_orientation(test.vectors, index, len(queries), cfg)
+        by_margin = margin >= margin_threshold
     flagged = by_hash | by_margin
     search_seconds = time.perf_counter() - search_started
 
     records, matched_keys = [], {}
     for n in np.flatnonzero(flagged):
-        record: dict[str, Any] = {"id": ids[n], "benchmark": benchmark_of(ids[n])}
-        if hash_distance is not None:
-            record.update(hash_distance=int(hash_distance[n]), hash_key=corpus.keys[hash_index[n]])
-        if matches is not None:
-            record.update(margin=round(float(margin[n]), 6), similarity=round(float(matches.s1[n]), 6),
-                          second_similarity=round(float(matches.s2[n]), 6),
-                          margin_key=corpus.keys[matches.image1[n]], view=list(boxes[matches.view[n]]),
-                          second_key=corpus.keys[matches.image2[n]] if matches.image2[n] >= 0 else None)
+        record = _record(n, ids[n], hash_distance, hash_index, matches, margin, boxes, corpus.keys)
         # The hash match names the corpus image when the hash fired (the stricter evidence), else the margin's.
         record["corpus_key"] = record["hash_key"] if by_hash[n] else record["margin_key"]
         record["by"] = "both" if by_hash[n] and by_margin[n] else "hash" if by_hash[n] else "margin"
         matched_keys[ids[n]] = record["corpus_key"]
         records.append(record)
+    near_misses = []
+    if margin is not None:  # the unflagged images closest to the threshold: what the audit shows just below it
+        below = [n for n in np.argsort(-margin, kind="stable") if not flagged[n]][:cfg.near_misses]
+        near_misses = [_record(n, ids[n], hash_distance, hash_index, matches, margin, boxes, corpus.keys)
+                       for n in below]
     per_benchmark = {}
     for name in BENCHMARKS:
         members = [n for n, i in enumerate(ids) if benchmark_of(i) == name]
@@ -238,30 +295,40 @@ def _run_dedup(
         truth = read_json(truth_path)
         if not isinstance(truth, list) or not all(isinstance(r, dict) and "id" in r for r in truth):
             raise ValueError(f"{truth_path}: expected a list of {{'id', 'benchmark', 'corpus_key', 'edit'}} records")
-        evaluation = evaluate(ids, hash_distance, margin, None if matches is None else matches.s1, flagged, cfg,
-                              truth, matched_keys)
+        evaluation = evaluate(ids, hash_distance, margin, None if matches is None else matches.s1, flagged,
+                              replace(cfg, margin_threshold=margin_threshold), truth, matched_keys)
     trunk = None
     if cfg.descriptor == "cnn":
         model = trunk_model_config(trunk_init, model_cfg)
         trunk = {"init": trunk_init, "depth": model.depth, "width": model.width, "seed": seed}
-    names = ["use_hash", "hash_size", "hash_threshold", "descriptor", "margin", "margin_threshold", "view_fractions",
+    names = ["use_hash", "hash_size", "hash_threshold", "descriptor", "margin", "view_fractions",
              "view_grid", "twin_cosine", *DESCRIBER_SETTINGS.get(cfg.descriptor, ())]
-    thresholds = {**{name: getattr(cfg, name) for name in names}, "views": len(boxes)}
+    thresholds = {**{name: _plain(getattr(cfg, name)) for name in names}, "margin_threshold": margin_threshold,
+                  "views": len(boxes)}
+    if cfg.query_flip or calibration:
+        thresholds.update(query_flip=cfg.query_flip, calibrated=calibration is not None)
     result = {
         "format": FORMAT,
         "corpus_root": str(corpus_root),
         "benchmark_root": str(benchmark_root),
         "trunk": trunk,
         "thresholds": thresholds,
-        "corpus": corpus_info,
+        "corpus": {k: v for k, v in corpus_info.items() if k != "fingerprint"},
         "test_images": len(ids),
         "flagged": records,
+        "near_misses": near_misses,
         "per_benchmark": per_benchmark,
         "evaluation": evaluation,
         "seconds": {"total": round(time.perf_counter() - started, 3),
                     "corpus": round(test_started - started, 3),
                     "test": round(search_started - test_started, 3), "search": round(search_seconds, 4)},
     }
+    if index_info and index_info["kind"] != "flat" or cfg.index_dir:
+        result["index"] = index_info
+    if calibration:
+        result["calibration"] = {k: v for k, v in calibration.items() if k != "curve"}
+    if training:
+        result["descriptor_training"] = training
     atomic_write_json(Path(out_dir) / "dedup.json", result)
     return result
 

@@ -365,4 +365,4 @@ def corpus_descriptors(
                          Counter(meta["skipped"]))
     status = "miss" if len(todo) == len(wanted) else "partial" if todo else "hit"
     return result, {"images": len(result.keys), "views": len(boxes), "skipped": dict(meta["skipped"]),
-                    "cache": status, **info}
+                    "cache": status, "fingerprint": meta["corpus"], **info}

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,9 @@ import faiss
 import numpy as np
 
 from pretrain.atomic import atomic_write
+from transfer.config import IndexConfig
 
 SAMPLE = 200_000  # views used to fit PCA and train IVF-PQ
-
-
-@dataclass
-class IndexSettings:
-    kind: str = "auto"  # auto: flat up to flat_max_images corpus images, else ivfpq | flat | ivfpq
-    flat_max_images: int = 10_000_000
-    pca_dims: int = 0  # 0: keep the descriptor's dimensions
-    whiten: bool = False  # PCA-whitening (eigenvalue power -1/2) instead of a plain projection
-    ivf_lists: int = 0  # 0: about 4 * sqrt(views), at most views / 39 (FAISS's points per centroid)
-    pq_bytes: int = 16  # bytes per view in IVF-PQ (must divide the dimensions)
-    nprobe: int = 16
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -53,7 +44,8 @@ class ViewIndex:
     """The corpus views, searchable by inner product; `full` holds each image's full view (image-major)."""
 
     def __init__(self, views: int, full: np.ndarray, vectors: np.ndarray | None = None,
-                 ivf: faiss.Index | None = None, pca: faiss.PCAMatrix | None = None, nprobe: int = 16) -> None:
+                 ivf: faiss.Index | None = None, pca: tuple[np.ndarray, np.ndarray] | None = None,
+                 nprobe: int = 16) -> None:
         self.views, self.full, self.vectors, self.ivf, self.pca = views, full, vectors, ivf, pca
         if ivf is not None:
             faiss.extract_index_ivf(ivf).nprobe = nprobe
@@ -66,7 +58,7 @@ class ViewIndex:
     def reduce(self, queries: np.ndarray) -> np.ndarray:
         """Queries in the index's space: PCA-projected (when fitted) and L2-normalised."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return _unit(self.pca.apply_py(queries)) if self.pca is not None else queries
+        return project(queries, self.pca)
 
     def search(self, queries: np.ndarray, k: int, chunk_images: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Top-k views (inner product, best first) of reduced queries; ids are global view indices, -1 = none."""
@@ -90,17 +82,36 @@ class ViewIndex:
         return (search + self.full.nbytes) / max(self.images, 1)
 
 
-def fingerprint(descriptor_meta: dict[str, Any], settings: IndexSettings, kind: str) -> str:
-    text = json.dumps({"descriptors": descriptor_meta, "settings": settings.__dict__, "kind": kind}, sort_keys=True)
+def fingerprint(descriptor_meta: dict[str, Any], settings: IndexConfig, kind: str) -> str:
+    text = json.dumps({"descriptors": descriptor_meta, "settings": asdict(settings), "kind": kind}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _ivf_lists(settings: IndexSettings, n_views: int) -> int:
+def project(vectors: np.ndarray, pca: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Vectors through the PCA (matrix, bias) when there is one, L2-normalised, float32."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return _unit(vectors @ pca[0].T + pca[1]) if pca is not None else vectors
+
+
+def fit_pca(vectors: np.ndarray, dims: int, whiten: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix dims x D, bias) of FAISS's PCA fitted on a sample; whitened: eigenvalue power -1/2."""
+    pca = faiss.PCAMatrix(vectors.shape[1], dims, -0.5 if whiten else 0.0)
+    pca.train(_sample(vectors, SAMPLE))
+    matrix = faiss.vector_to_array(pca.A).reshape(dims, vectors.shape[1])
+    return matrix.astype(np.float32), faiss.vector_to_array(pca.b).astype(np.float32)
+
+
+def _pq_bits(n_views: int) -> int:
+    """Bits per PQ sub-code: 8, fewer for small corpora (k-means wants ~39 points per centroid)."""
+    return int(max(4, min(8, np.log2(max(n_views, 1) / 39))))
+
+
+def _ivf_lists(settings: IndexConfig, n_views: int) -> int:
     lists = settings.ivf_lists or int(4 * np.sqrt(n_views))
     return int(max(1, min(lists, n_views // 39)))
 
 
-def build_index(vectors: np.ndarray, views: int, settings: IndexSettings, chunk: int = 262_144) -> ViewIndex:
+def build_index(vectors: np.ndarray, views: int, settings: IndexConfig, chunk: int = 262_144) -> ViewIndex:
     """A ViewIndex over image-major unit `vectors` ((N * views) x D, any float dtype), as `settings` say."""
     images = len(vectors) // views
     kind = settings.kind if settings.kind != "auto" else ("flat" if images <= settings.flat_max_images else "ivfpq")
@@ -109,13 +120,11 @@ def build_index(vectors: np.ndarray, views: int, settings: IndexSettings, chunk:
     dims = vectors.shape[1]
     pca = None
     if settings.pca_dims and settings.pca_dims < dims:
-        pca = faiss.PCAMatrix(dims, settings.pca_dims, -0.5 if settings.whiten else 0.0)
-        pca.train(_sample(vectors, SAMPLE))
+        pca = fit_pca(vectors, settings.pca_dims, settings.whiten)
         dims = settings.pca_dims
 
     def reduced(block: np.ndarray) -> np.ndarray:
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        return _unit(pca.apply_py(block)) if pca is not None else block
+        return project(block, pca)
 
     full = np.concatenate([reduced(vectors[s:s + chunk * views:views]) for s in range(0, len(vectors), chunk * views)]
                           ).astype(np.float16) if len(vectors) else np.zeros((0, dims), np.float16)
@@ -125,8 +134,8 @@ def build_index(vectors: np.ndarray, views: int, settings: IndexSettings, chunk:
         return ViewIndex(views, full, vectors=np.asarray(flat, dtype=np.float16))
     if dims % settings.pq_bytes:
         raise ValueError(f"dedup.pq_bytes={settings.pq_bytes} must divide the descriptor dimensions ({dims})")
-    ivf = faiss.index_factory(dims, f"IVF{_ivf_lists(settings, len(vectors))},PQ{settings.pq_bytes}x8",
-                              faiss.METRIC_INNER_PRODUCT)
+    spec = f"IVF{_ivf_lists(settings, len(vectors))},PQ{settings.pq_bytes}x{_pq_bits(len(vectors))}"
+    ivf = faiss.index_factory(dims, spec, faiss.METRIC_INNER_PRODUCT)
     ivf.train(reduced(_sample(vectors, SAMPLE)))
     for start in range(0, len(vectors), chunk):
         ivf.add(reduced(vectors[start:start + chunk]))
@@ -141,7 +150,7 @@ def save_index(index: ViewIndex, path: str | Path) -> Path:
     if index.ivf is not None:
         arrays["ivf"] = faiss.serialize_index(index.ivf)
     if index.pca is not None:
-        arrays["pca"] = faiss.serialize_VectorTransform(index.pca)
+        arrays["pca_matrix"], arrays["pca_bias"] = index.pca
     return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
@@ -150,15 +159,15 @@ def load_index(path: str | Path, nprobe: int = 16) -> ViewIndex | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             parts = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):
         return None
     ivf = faiss.deserialize_index(parts["ivf"]) if "ivf" in parts else None
-    pca = faiss.deserialize_VectorTransform(parts["pca"]) if "pca" in parts else None
+    pca = (parts["pca_matrix"], parts["pca_bias"]) if "pca_matrix" in parts else None
     return ViewIndex(int(parts["views"]), parts["full"], parts.get("vectors"), ivf, pca, nprobe)
 
 
 def load_or_build(directory: str | Path, descriptor_meta: dict[str, Any], vectors: np.ndarray, views: int,
-                  settings: IndexSettings) -> tuple[ViewIndex, dict[str, Any]]:
+                  settings: IndexConfig) -> tuple[ViewIndex, dict[str, Any]]:
     """The index of these descriptors and settings from `directory` when built before, else built and saved;
     with a summary (kind, file, cache hit | miss, bytes per image)."""
     images = len(vectors) // views

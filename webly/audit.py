@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def _corpus_images(corpus_root: str, keys: set[str]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     if not keys:
         return found
-    skipped: Any = __import__("collections").Counter()
+    skipped: Counter[str] = Counter()
     for key, data in iter_shards(Dataset.open(corpus_root).train_urls(0), skipped):
         if key in keys:
             found[key] = data
