@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.config import ShardsConfig
+from pretrain.dupes import clusters_of, hash_all, keep_mask, summarise
 from pretrain.shards import ShardJob, finalize_dataset, write_shards
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -78,6 +79,22 @@ def _jobs(folder: Path, entries: list[Entry], prefix: str, per_shard: int, offse
     ]
 
 
+def _duplicates(folder: Path, entries: list[Entry], mode: str) -> tuple[dict[str, Any] | None, list[Entry]]:
+    """Duplicate clusters (identical pHash) among `entries`; with mode "drop", only the first of each is kept."""
+    if mode not in ("off", "count", "drop"):
+        raise ValueError(f"shards.duplicates={mode!r}: expected off, count or drop")
+    if mode == "off":
+        return None, entries
+    codes, ok = hash_all((folder / rel).read_bytes() for rel, _, _ in entries)
+    clusters = clusters_of(codes, ok)
+    summary = {**summarise(clusters, len(entries)), "examples": [[entries[i][0] for i in c] for c in clusters[:20]]}
+    if mode == "drop":
+        keep = keep_mask(clusters, len(entries))
+        entries = [e for e, k in zip(entries, keep, strict=True) if k]
+        summary["dropped"] = int((~keep).sum())
+    return summary, entries
+
+
 def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> dict[str, Any]:
     """Shard every tagged image of `cfg.input` into dataset root `root`; returns the manifest."""
     folder, root = Path(cfg.input), Path(root)
@@ -95,6 +112,7 @@ def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> di
             untagged.append(rel)
         else:
             usable.append((rel, tags, meta))
+    duplicates, usable = _duplicates(folder, usable, cfg.duplicates)
     train = [e for e in usable if not _is_heldout(e[0], cfg.heldout_fraction)]
     heldout = [e for e in usable if _is_heldout(e[0], cfg.heldout_fraction)]
     if not train:
@@ -103,6 +121,7 @@ def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> di
     train_stats = write_shards(root / "shards", _jobs(folder, train, "train", per_shard, 0), processes)
     held_stats = write_shards(root / "shards", _jobs(folder, heldout, "heldout", per_shard, len(train)), processes,
                               desc="held-out shards") if heldout else []
-    report = {"images_found": len(images), "skipped": dict(problems), "untagged": untagged[:1000]}
+    report = {"images_found": len(images), "skipped": dict(problems), "untagged": untagged[:1000],
+              "duplicates": duplicates}
     return finalize_dataset(root, train_stats, held_stats, cfg, source=f"folder:{folder.resolve()}",
                             extra={"ingest": report})

@@ -34,10 +34,11 @@ def _encode(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _pick(items: Any, count: int, total: int) -> list[tuple[str, bytes]]:
-    """About `count` samples spread evenly over a stream of `total`."""
+def _pick(items: Any, count: int, total: int, offset: int) -> list[tuple[str, bytes]]:
+    """`count` samples spread evenly over a stream of `total`, starting at `offset` modulo the stride: sets
+    drawn with different offsets are disjoint while count * stride <= total."""
     stride = max(1, total // max(count, 1))
-    picked = [item for n, item in enumerate(items) if n % stride == 0]
+    picked = [item for n, item in enumerate(items) if n % stride == offset % stride]
     return picked[:count]
 
 
@@ -45,13 +46,16 @@ def calibration_set(
     corpus_root: str, copies: int, edits: Sequence[str], seed: int = 0
 ) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]], Counter[str]]:
     """(id, encoded image) of the planted copies and the edited held-out negatives, the ground truth records
-    of the copies, and counts of skipped samples. Edits cycle over `edits` so each gets the same share."""
+    of the copies, and counts of skipped samples. Edits cycle over `edits` so each gets the same share; `seed`
+    draws the edit parameters and offsets the images picked (seeds 0, 1, ... give disjoint sets while the
+    corpus and the held-out set hold enough images)."""
     if not edits:
         raise ValueError("dedup.calibration_edits is empty: nothing to plant")
     dataset = Dataset.open(corpus_root)
     skipped: Counter[str] = Counter()
-    sources = _pick(iter_shards(dataset.train_urls(0), skipped), copies, dataset.train_samples(0))
-    negatives = _pick(iter_shards(dataset.heldout_urls(), skipped), copies, max(1, copies))
+    sources = _pick(iter_shards(dataset.train_urls(0), skipped), copies, dataset.train_samples(0), seed)
+    heldout = sum(int(s["samples"]) for s in dataset.manifest["heldout"])
+    negatives = _pick(iter_shards(dataset.heldout_urls(), skipped), copies, heldout, seed)
     if not negatives:
         raise ValueError(f"{corpus_root}: no held-out images to draw calibration negatives from")
     rng = np.random.default_rng(seed)
@@ -79,7 +83,7 @@ def pr_curve(scores: np.ndarray, positive: np.ndarray) -> list[dict[str, float]]
     tp, flagged = np.cumsum(hits), np.arange(1, len(ranked) + 1)
     last = np.r_[ranked[1:] != ranked[:-1], True]  # the last of each run of equal scores
     total = max(int(positive.sum()), 1)
-    return [{"threshold": round(float(ranked[i]), 6), "precision": round(float(tp[i] / flagged[i]), 6),
+    return [{"threshold": float(ranked[i]), "precision": round(float(tp[i] / flagged[i]), 6),
              "recall": round(float(tp[i] / total), 6), "flagged": int(flagged[i])} for i in np.flatnonzero(last)]
 
 

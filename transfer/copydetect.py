@@ -130,7 +130,7 @@ def train_copynet(images: np.ndarray, cfg: CopyNetConfig, progress: bool = False
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and (step % 50 == 0 or step == cfg.steps - 1):
             print(f"[copydetect] step {step + 1}/{cfg.steps} loss {np.mean(losses[-50:]):.3f}", flush=True)
     net.eval()

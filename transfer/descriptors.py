@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import imagehash
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from pretrain.atomic import atomic_write
+from pretrain.dupes import phash_code
 from pretrain.images import decode_rgb, to_float
 from pretrain.loader import IMAGE_KEYS
 from pretrain.shards import Dataset
@@ -96,12 +95,6 @@ class ViewSampler:
 def hash_bits(hash_size: int) -> int:
     """Bits of a packed pHash: hash_size**2 rounded up to whole bytes (FAISS binary codes are bytes)."""
     return -(-hash_size * hash_size // 8) * 8
-
-
-def phash_code(image: Image.Image, hash_size: int) -> np.ndarray:
-    """imagehash's pHash packed into uint8; zero padding to whole bytes leaves Hamming distances unchanged."""
-    bits = imagehash.phash(image, hash_size=hash_size).hash.reshape(-1)
-    return np.packbits(bits)
 
 
 def decode_side(hash_size: int | None, view_size: int, min_fraction: float) -> int:
