@@ -129,7 +129,7 @@ def scale(corpus_images: int, query_images: int, views: int, dims: int, seed: in
     queries[: len(planted)] = copies
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     generate = time.perf_counter() - started
-    cfg = IndexConfig(kind="ivfpq", pq_bytes=16, nprobe=16)
+    cfg = IndexConfig(kind="ivfpq", pq_bytes=16, ivf_lists=1024, nprobe=16)
     print(f"[bench] scale: {corpus_images} x {views} synthetic views generated in {generate:.1f} s", flush=True)
     t0 = time.perf_counter()
     index = build_index(vectors, views, cfg)

@@ -54,7 +54,7 @@ class IndexConfig:
     flat_max_images: int = 10_000_000
     pca_dims: int = 0  # 0: keep the descriptor's dimensions; else PCA-reduce (compact, and needed for PQ)
     whiten: bool = False  # PCA-whitening (eigenvalue power -1/2) instead of a plain projection
-    ivf_lists: int = 0  # 0: about 4 * sqrt(views), at most views / 39
+    ivf_lists: int = 0  # 0: about 4 * sqrt(views), at most (training sample) / 39
     pq_bytes: int = 16  # bytes per view in IVF-PQ (must divide the dimensions)
     nprobe: int = 16
 

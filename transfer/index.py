@@ -108,7 +108,7 @@ def _pq_bits(n_views: int) -> int:
 
 def _ivf_lists(settings: IndexConfig, n_views: int) -> int:
     lists = settings.ivf_lists or int(4 * np.sqrt(n_views))
-    return int(max(1, min(lists, n_views // 39)))
+    return int(max(1, min(lists, min(n_views, SAMPLE) // 39)))  # k-means wants >= 39 training points per list
 
 
 def build_index(vectors: np.ndarray, views: int, settings: IndexConfig, chunk: int = 262_144) -> ViewIndex:

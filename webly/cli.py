@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="group=option or key=value")
         sub.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        if name == "dedup":
+            sub.add_argument("--report", action="store_true",
+                             help="also write the audit report (same as dedup.report=true)")
     return parser
 
 
@@ -105,6 +108,8 @@ def _summary_line(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = ["experiment=demo", *args.overrides] if args.command == "demo" else args.overrides
+    if getattr(args, "report", False):
+        overrides = [*overrides, "experiment.dedup.report=true"]
     try:
         cfg = compose(overrides)
     except ConfigError as err:
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(cfg.work_dir) / "dedup" / Path(cfg.experiment.bench.root).name
             result = _run(cfg, "dedup", dedup_job, (cfg, reference, str(out)))
             print(f"[webly] dedup: {result['per_benchmark']}\n[webly] manifest: {out / 'dedup.json'}")
+            if result.get("audit"):
+                print(f"[webly] audit report: {result['audit']}")
         elif args.command == "pretrain":
             result = _run(cfg, "pretrain", pretrain_job)
             print(f"[webly] pretrain: {_summary_line(result)}\n[webly] run directory: {result['run_dir']}")
