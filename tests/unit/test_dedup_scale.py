@@ -18,11 +18,14 @@ from pretrain.config import ShardsConfig, VocabConfig
 from pretrain.dupes import clusters_of, hash_all, keep_mask, summarise
 from pretrain.ingest import ingest_folder
 from tests.unit.test_dedup import MODEL, world  # noqa: F401  (the module-scoped corpus + benchmark fixture)
+from transfer.backbone import load_trunk
 from transfer.calibrate import calibrate, choose_threshold, pr_curve
-from transfer.config import DedupConfig, IndexConfig
+from transfer.config import CopyNetConfig, DedupConfig, IndexConfig
+from transfer.copydetect import load_or_train
 from transfer.edits import HEAVY_AREA_RANGE, HEAVY_EDITS, apply_edit
 from transfer.index import build_index
 from webly.audit import build_audit
+from webly.cli import main
 from webly.results import TransferRow
 
 IVF = IndexConfig(kind="ivfpq", pca_dims=64, pq_bytes=16, ivf_lists=8, nprobe=8)
@@ -173,3 +176,36 @@ def test_within_corpus_duplicate_clusters_are_counted_and_dropped(tmp_path: Path
     cfg.duplicates = "maybe"
     with pytest.raises(ValueError, match="shards.duplicates"):
         ingest_folder(tmp_path / "bad", cfg)
+
+
+def test_copy_net_trains_describes_and_is_reused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    items = [(f"k{i}", _jpeg(Image.fromarray(im))) for i, im in enumerate(images)]
+    cfg = CopyNetConfig(input_size=32, width=8, dim=16, steps=3, batch_size=6, train_images=12)
+    net, log = load_or_train(tmp_path / "copynet.pt", cfg, "corpus-a", iter(items))
+    assert log["cache"] == "miss" and log["images"] == 12 and np.isfinite(log["last_loss"])
+    vectors = descriptors.CopyDescriber(net, 32)(images[:4, :32, :32])
+    assert vectors.shape == (4, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    again, log2 = load_or_train(tmp_path / "copynet.pt", cfg, "corpus-a", iter([]))  # no images needed
+    assert log2["cache"] == "hit" and np.allclose(descriptors.CopyDescriber(again, 32)(images[:4, :32, :32]), vectors)
+    with pytest.raises(ValueError, match=">= 2 decodable"):
+        load_or_train(tmp_path / "copynet.pt", cfg, "corpus-b", iter(items[:1]))  # another corpus: retrain
+
+
+def test_gem_pooled_trunk_descriptor_is_global() -> None:
+    trunk = load_trunk("", MODEL)
+    views = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    gem = descriptors.TrunkGrid(trunk, 32, 3, 4, pool="gem")(views)
+    grid = descriptors.TrunkGrid(trunk, 32, 3, 4)(views)
+    assert gem.shape == (3, 64) and grid.shape == (3, 64 * 16)
+    assert np.allclose(np.linalg.norm(gem, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="cnn_pool"):
+        descriptors.TrunkGrid(trunk, 32, 3, 4, pool="max")
+
+
+def test_cli_report_flag_turns_the_audit_on(capsys: pytest.CaptureFixture) -> None:
+    assert main(["dedup", "--report", "--cfg"]) == 0
+    assert "report: true" in capsys.readouterr().out
+    assert main(["dedup", "--cfg"]) == 0
+    assert "report: false" in capsys.readouterr().out
