@@ -137,6 +137,10 @@ def render_sweep(dedup: dict[str, Any], calibration: dict[str, Any] | None, path
     return path
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _table(header: list[str], body: list[list[Any]]) -> list[str]:
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else ("–" if isinstance(v, float) else str(v))
@@ -184,7 +188,7 @@ def build_audit(dedup_dir: str | Path, corpus_root: str, benchmark_root: str,
     lines = ["# De-duplication audit", "",
              f"Corpus `{dedup['corpus_root']}` ({dedup['corpus']['images']} images) against the test sets of "
              f"`{dedup['benchmark_root']}` ({dedup['test_images']} images). Descriptor `{t.get('descriptor')}`, "
-             f"margin `{t.get('margin')}` >= **{t.get('margin_threshold')}**, pHash <= {t.get('hash_threshold')} "
+             f"margin `{t.get('margin')}` >= **{_num(t.get('margin_threshold'))}**, pHash <= {t.get('hash_threshold')} "
              f"bits; index `{(dedup.get('index') or {}).get('kind', 'flat')}`.", "",
              "## Overlap with the pretraining corpus", "",
              *_table(["benchmark", "split", "images", "flagged", "overlap %"], overlap_rows(dedup, benchmark_root)),
@@ -192,7 +196,7 @@ def build_audit(dedup_dir: str | Path, corpus_root: str, benchmark_root: str,
     if calibration:
         lines += ["## Calibration (held-out set, planted heavy edits)", "",
                   f"{calibration['copies']} copies and {calibration['negatives']} edited held-out images; threshold "
-                  f"chosen for precision >= {calibration['target_precision']}: **{calibration['threshold']}** "
+                  f"chosen for precision >= {calibration['target_precision']}: **{_num(calibration['threshold'])}** "
                   f"(precision {calibration['precision']:.3f}, recall {calibration['recall']:.3f}"
                   f"{'' if calibration['reached'] else '; target not reached, configured threshold kept'}).", "",
                   *_table(["edit", "planted", "found", "recall"],
