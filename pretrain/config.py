@@ -46,6 +46,7 @@ class ShardsConfig:
     photos: str = ""  # yfcc: the folder of photos named by id ({id}.jpg)
     samples_per_shard: int = 250
     heldout_fraction: float = 0.05  # `webly shards`: fraction of the folder kept out as the held-out set
+    duplicates: str = "count"  # `webly shards`: off | count (pHash clusters, in the manifest) | drop (keep one each)
     subsets: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # nested data sizes
     vocab: VocabConfig = field(default_factory=VocabConfig)
 

@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from pretrain.config import ShardsConfig
+from pretrain.dupes import clusters_of, hash_all, keep_mask, summarise
 from pretrain.shards import SKIP_KEY, ShardJob, ShardStats, count_totals, finalize_dataset, write_shards
 from pretrain.tagcount import tag_counter
 
@@ -131,6 +132,22 @@ def write_splits(
     return finalize_dataset(root, train, heldout, cfg, source=source, extra={"ingest": report}, counter=counter)
 
 
+def _duplicates(folder: Path, entries: list[Entry], mode: str) -> tuple[dict[str, Any] | None, list[Entry]]:
+    """Duplicate clusters (identical pHash) among `entries`; with mode "drop", only the first of each is kept."""
+    if mode not in ("off", "count", "drop"):
+        raise ValueError(f"shards.duplicates={mode!r}: expected off, count or drop")
+    if mode == "off":
+        return None, entries
+    codes, ok = hash_all((folder / rel).read_bytes() for rel, _, _ in entries)
+    clusters = clusters_of(codes, ok)
+    summary = {**summarise(clusters, len(entries)), "examples": [[entries[i][0] for i in c] for c in clusters[:20]]}
+    if mode == "drop":
+        keep = keep_mask(clusters, len(entries))
+        entries = [e for e, k in zip(entries, keep, strict=True) if k]
+        summary["dropped"] = int((~keep).sum())
+    return summary, entries
+
+
 def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> dict[str, Any]:
     """Shard every tagged image of `cfg.input` into dataset root `root`; returns the manifest."""
     folder, root = Path(cfg.input), Path(root)
@@ -148,6 +165,7 @@ def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> di
             untagged.append(rel)
         else:
             usable.append((rel, tags, meta))
+    duplicates, usable = _duplicates(folder, usable, cfg.duplicates)
     train = [e for e in usable if not is_heldout(e[0], cfg.heldout_fraction)]
     heldout = [e for e in usable if is_heldout(e[0], cfg.heldout_fraction)]
     if not train:
@@ -155,5 +173,6 @@ def ingest_folder(root: str | Path, cfg: ShardsConfig, processes: int = 1) -> di
     source, per_shard = f"folder:{folder.resolve()}", cfg.samples_per_shard
     train_jobs = shard_jobs(source, train, "train", per_shard, 0, folder_samples, str(folder))
     heldout_jobs = shard_jobs(source, heldout, "heldout", per_shard, len(train), folder_samples, str(folder))
-    report = {"images_found": len(images), "skipped": dict(problems), "untagged": untagged[:1000]}
+    report = {"images_found": len(images), "skipped": dict(problems), "untagged": untagged[:1000],
+              "duplicates": duplicates}
     return write_splits(root, cfg, train_jobs, heldout_jobs, processes, source, report)

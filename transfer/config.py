@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pretrain.config import ModelConfig
+from transfer.edits import HEAVY_EDITS
 
 TASKS = ("classification", "detection", "instance", "semantic", "pose")
 MODES = ("frozen", "finetune")
@@ -27,6 +28,48 @@ class SynthBenchConfig:
 
 
 @dataclass
+class CopyNetConfig:
+    """The copy-detection descriptor (dedup.descriptor=copy): a small net trained on the corpus, SSCD-like."""
+
+    input_size: int = 48  # side of a view fed to the net
+    width: int = 32  # channels of the first stage (doubled per stage, 4 stages)
+    dim: int = 64  # descriptor dimensions
+    gem_p: float = 3.0  # GeM pooling exponent (1: average pooling)
+    train_images: int = 1500  # corpus images sampled for training (held in memory at 64 x 64)
+    steps: int = 250
+    batch_size: int = 64  # images per step; each gives two edited views
+    lr: float = 3e-3
+    temperature: float = 0.1
+    entropy_weight: float = 0.1  # KoLeo differential-entropy regulariser (SSCD uses ~0.1 .. 0.3)
+    max_edits: int = 2  # each training view chains 1 .. max_edits heavy edits
+    seed: int = 0
+    edits: list[str] = field(default_factory=lambda: list(HEAVY_EDITS))
+
+
+@dataclass
+class IndexConfig:
+    """How the corpus views are searched: exact flat search, or IVF-PQ beyond flat_max_images."""
+
+    kind: str = "auto"  # auto: flat up to flat_max_images corpus images, else ivfpq | flat | ivfpq
+    flat_max_images: int = 10_000_000
+    pca_dims: int = 0  # 0: keep the descriptor's dimensions; else PCA-reduce (compact, and needed for PQ)
+    whiten: bool = False  # PCA-whitening (eigenvalue power -1/2) instead of a plain projection
+    ivf_lists: int = 0  # 0: about 4 * sqrt(views), at most (training sample) / 39
+    pq_bytes: int = 16  # bytes per view in IVF-PQ (must divide the dimensions)
+    nprobe: int = 16
+
+
+@dataclass
+class CalibrationConfig:
+    """Threshold calibration on a held-out set of planted heavy edits (transfer/calibrate.py)."""
+
+    target_precision: float = 0.0  # 0: off (margin_threshold as given); else choose the threshold for it
+    copies: int = 200  # planted heavy-edit copies of corpus images; as many edited held-out images as negatives
+    edits: list[str] = field(default_factory=lambda: list(HEAVY_EDITS))
+    seed: int = 0
+
+
+@dataclass
 class DedupConfig:
     """Test images that near-duplicate pretraining images: perceptual hash OR nearest-neighbour margin (FAISS).
 
@@ -36,7 +79,8 @@ class DedupConfig:
     demo benchmarks (36 planted copies among 450 test images), see transfer/dedup.py.
     """
 
-    descriptor: str = "tiny"  # tiny: standardised tiny image | cnn: grid-pooled trunk stage | "": hash only
+    descriptor: str = "tiny"  # tiny: standardised tiny image | cnn: pooled trunk stage | copy: trained copy net
+    # | "": hash only
     margin: str = "ratio"  # ratio: 1 - d1/d2 (Lowe's ratio test on unit-vector distances) | difference: s1 - s2
     margin_threshold: float = 0.4  # flag when the margin is >= this (ratio: copies ~0.45-1, renders <= ~0.35)
     view_fractions: list[float] = field(default_factory=lambda: [0.88, 0.78])  # side fraction of each zoom
@@ -51,6 +95,15 @@ class DedupConfig:
     hash_size: int = 8  # pHash of hash_size**2 bits
     hash_threshold: int = 2  # flag when the Hamming distance to the nearest corpus hash is <= this
     batch_size: int = 1024  # views described per batch (tiny: one matrix op; cnn: one forward pass)
+    cnn_pool: str = "grid"  # cnn descriptor: grid (average-pooled cnn_grid x cnn_grid) | gem (global GeM)
+    gem_p: float = 3.0  # cnn descriptor with cnn_pool=gem: the GeM exponent
+    copy: CopyNetConfig = field(default_factory=CopyNetConfig)  # descriptor "copy"
+    query_flip: bool = False  # also search each test image mirrored (finds flipped copies)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    index_dir: str = ""  # where corpus descriptors and indexes live, per corpus; "": next to dedup.json
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    near_misses: int = 24  # unflagged test images of highest margin recorded (the audit's "just below")
+    report: bool = False  # write the audit report (audit/audit.md, gallery.png, sweep.png) after the run
 
 
 @dataclass

@@ -16,8 +16,8 @@ overall, per benchmark and per edit, for each rule alone and with threshold swee
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,23 @@ import torch
 
 from pretrain.atomic import atomic_write_json, read_json
 from pretrain.config import ModelConfig
-from transfer import descriptors
+from pretrain.shards import Dataset
+from transfer import copydetect, descriptors
 from transfer.backbone import load_trunk, trunk_model_config
-from transfer.config import DedupConfig
-from transfer.descriptors import FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
+from transfer.calibrate import run_calibration
+from transfer.config import DedupConfig, IndexConfig
+from transfer.descriptors import FLIP_VIEW, FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
+from transfer.index import ViewIndex, build_index, load_or_build
+from transfer.scoring import benchmark_of, evaluate, scores  # noqa: F401  (scores: part of this module's API)
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DESCRIPTORS = ("tiny", "cnn")
+DESCRIPTORS = ("tiny", "cnn", "copy")
 MARGINS = ("ratio", "difference")
-HASH_SWEEP = list(range(17))  # 0 .. 16 bits
-MARGIN_SWEEP = [round(0.025 * i, 3) for i in range(40)]  # 0.000 .. 0.975
-SIMILARITY_SWEEP = [round(0.80 + 0.01 * i, 2) for i in range(20)]  # 0.80 .. 0.99: absolute s1, for comparison
 TWIN_CANDIDATES = 3  # distinct corpus images after the best one looked at for the second match
-DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid")}
+DESCRIBER_SETTINGS = {"tiny": ("tiny_size", "chroma_weight"), "cnn": ("image_size", "cnn_stage", "cnn_grid"),
+                      "copy": ("copy",)}
 
 
 def _images_in(folder: Path, pattern: str) -> list[Path]:
@@ -60,10 +62,6 @@ def find_test_images(benchmark_root: str | Path) -> list[tuple[str, Path]]:
                 raise FileNotFoundError(f"{listing} lists {name!r} but {path} does not exist")
             paths.append(path)
     return [(p.relative_to(root).as_posix(), p) for p in paths]
-
-
-def benchmark_of(image_id: str) -> str:
-    return image_id.split("/", 1)[0]
 
 
 def nearest_hash(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,30 +84,27 @@ class Matches:
 
 
 def nearest_two(
-    queries: np.ndarray, corpus: np.ndarray, views: int, twin_cosine: float = 1.0, chunk_images: int = 4096,
+    queries: np.ndarray, corpus: np.ndarray | ViewIndex, views: int = 1, twin_cosine: float = 1.0,
+    chunk_images: int = 4096,
 ) -> Matches:
-    """Best and second-best corpus *images* of each query, each by its best view (`corpus`: image-major views).
+    """Best and second-best corpus *images* of each query, each by its best view.
 
-    Exact: the top (1 + TWIN_CANDIDATES) * views + 1 views hold the best views of that many distinct images.
-    A candidate whose full view has cosine >= `twin_cosine` with the best image's is a twin of it (the corpus
-    holds that photo twice) and is skipped: a copy must not be its own hard negative. When every candidate is a
-    twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards not flagging). The corpus
-    is searched in chunks of images made float32 one at a time, so only the float16 descriptors stay resident.
+    `corpus`: image-major views ((N * views) x D, searched exactly) or a ViewIndex (flat or IVF-PQ; its views).
+    The top (1 + TWIN_CANDIDATES) * views + 1 views hold the best views of that many distinct images (exactly
+    so for flat search). A candidate whose full view has cosine >= `twin_cosine` with the best image's is a
+    twin of it (the corpus holds that photo twice) and is skipped: a copy must not be its own hard negative.
+    When every candidate is a twin, s2 is the last candidate's cosine (an upper bound: the margin errs towards
+    not flagging). Flat search goes through the corpus in chunks made float32 one at a time.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    index = corpus if isinstance(corpus, ViewIndex) else build_index(corpus, views, IndexConfig(kind="flat"))
+    views = index.views
+    queries = index.reduce(queries)
     k = (1 + TWIN_CANDIDATES) * views + 1
-    sims, ids = [], []  # per chunk: its top k, as global view indices
-    for start in range(0, len(corpus), chunk_images * views):
-        block = np.ascontiguousarray(corpus[start:start + chunk_images * views], dtype=np.float32)
-        s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)  # flat, no copy
-        sims.append(s)
-        ids.append(np.where(i >= 0, i + start, -1))
-    sim, idx = np.concatenate(sims, axis=1), np.concatenate(ids, axis=1)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    sim, idx = np.take_along_axis(sim, order, 1), np.take_along_axis(idx, order, 1)
+    sim, idx = index.search(queries, k, chunk_images)
     image = np.where(idx >= 0, idx // views, -1)
-    out = Matches(sim[:, 0].astype(np.float64), image[:, 0], idx[:, 0] % views,
+    out = Matches(sim[:, 0].astype(np.float64), image[:, 0], np.where(idx[:, 0] >= 0, idx[:, 0] % views, 0),
                   np.full(len(queries), -1.0), np.full(len(queries), -1, dtype=np.int64))
+    full = index.full
     for row in range(len(queries)):
         first = image[row, 0]
         twins: set[int] = set()
@@ -117,8 +112,7 @@ def nearest_two(
             other = int(image[row, col])
             if other < 0 or other == first or other in twins:
                 continue
-            full = corpus[first * views].astype(np.float32) @ corpus[other * views].astype(np.float32)
-            if full >= twin_cosine:
+            if full[first].astype(np.float32) @ full[other].astype(np.float32) >= twin_cosine:
                 twins.add(other)
                 out.s2[row] = sim[row, col]  # the bound, should no non-twin follow
                 continue
@@ -134,73 +128,6 @@ def margin_score(s1: np.ndarray, s2: np.ndarray, kind: str) -> np.ndarray:
         return s1 - s2
     d1, d2 = np.sqrt(np.maximum(2 - 2 * s1, 0.0)), np.sqrt(np.maximum(2 - 2 * s2, 0.0))
     return 1 - d1 / np.maximum(d2, 1e-6)
-
-
-def scores(flagged: set[str], truth: set[str]) -> dict[str, Any]:
-    """Precision, recall, F1 of a flagged set. Conventions: nothing flagged has precision 1 (no false
-    positive); nothing to find has recall 1; F1 is 0 when precision + recall is 0."""
-    tp, fp, fn = len(flagged & truth), len(flagged - truth), len(truth - flagged)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
-            "tp": tp, "fp": fp, "fn": fn}
-
-
-def _scored(ids: list[str], mask: np.ndarray, truth: set[str]) -> dict[str, Any]:
-    """Scores overall and per benchmark of the ids selected by `mask`."""
-    flagged = {i for i, m in zip(ids, mask, strict=True) if m}
-    result: dict[str, Any] = {"overall": scores(flagged, truth), "per_benchmark": {}}
-    for name in sorted({benchmark_of(i) for i in ids}):
-        result["per_benchmark"][name] = scores({i for i in flagged if benchmark_of(i) == name},
-                                               {i for i in truth if benchmark_of(i) == name})
-    return result
-
-
-def _sweep(ids: list[str], values: np.ndarray, thresholds: list, truth: set[str], below: bool) -> list[dict]:
-    rows = []
-    for threshold in thresholds:
-        mask = values <= threshold if below else values >= threshold
-        row = scores({i for i, m in zip(ids, mask, strict=True) if m}, truth)
-        rows.append({"threshold": threshold, "flagged": int(mask.sum()), **row})
-    return rows
-
-
-def evaluate(
-    ids: list[str], hash_distance: np.ndarray | None, margin: np.ndarray | None, similarity: np.ndarray | None,
-    flagged: np.ndarray, cfg: DedupConfig, truth_records: list[dict[str, Any]], matched_keys: dict[str, str],
-) -> dict[str, Any]:
-    """Score the flagged set, each rule alone at its threshold, recall per edit, and threshold sweeps, against
-    the planted near-duplicates. Ground-truth ids that are not test images are listed, not scored."""
-    known = set(ids)
-    truth = {r["id"] for r in truth_records if r["id"] in known}
-    result: dict[str, Any] = {
-        "ground_truth": len(truth),
-        "missing_ids": sorted({r["id"] for r in truth_records} - known),
-        **_scored(ids, flagged, truth),
-        "hash_only": None, "margin_only": None, "per_edit": {}, "sweep": {},
-    }
-    found = {i for i, m in zip(ids, flagged, strict=True) if m}
-    by_edit: dict[str, list[str]] = defaultdict(list)
-    for record in truth_records:
-        if record["id"] in known:
-            by_edit[str(record.get("edit", "?"))].append(record["id"])
-    for edit, members in sorted(by_edit.items()):
-        hits = len(found.intersection(members))
-        result["per_edit"][edit] = {"planted": len(members), "found": hits, "recall": round(hits / len(members), 6)}
-    if hash_distance is not None:
-        result["hash_only"] = _scored(ids, hash_distance <= cfg.hash_threshold, truth)
-        result["sweep"]["hash"] = _sweep(ids, hash_distance, HASH_SWEEP, truth, below=True)
-    if margin is not None and similarity is not None:
-        result["margin_only"] = _scored(ids, margin >= cfg.margin_threshold, truth)
-        result["sweep"]["margin"] = _sweep(ids, margin, MARGIN_SWEEP, truth, below=False)
-        result["sweep"]["similarity"] = _sweep(ids, similarity, SIMILARITY_SWEEP, truth, below=False)
-    # Did a correctly flagged copy match the very corpus image it was made from?
-    true_keys = {r["id"]: r.get("corpus_key") for r in truth_records}
-    hits = [i for i in matched_keys if i in truth and true_keys.get(i)]
-    correct = sum(matched_keys[i] == true_keys[i] for i in hits)
-    result["corpus_key_accuracy"] = round(correct / len(hits), 6) if hits else None
-    return result
 
 
 def _check(cfg: DedupConfig) -> None:
@@ -240,13 +167,55 @@ def run_dedup(
         faiss.omp_set_num_threads(previous_omp)
 
 
-def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int) -> Describer | None:
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) else value
+
+
+def _cache_dir(cfg: DedupConfig, corpus_root: str, out_dir: str) -> Path:
+    """Where the corpus descriptors, trained copy net and indexes live: one folder per corpus under
+    `index_dir` (shared by every benchmark de-duplicated against that corpus), else `out_dir`."""
+    if not cfg.index_dir:
+        return Path(out_dir)
+    return Path(cfg.index_dir) / descriptors.corpus_fingerprint(Dataset.open(corpus_root))[:16]
+
+
+def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
+               cache_dir: Path, progress: bool) -> tuple[Describer | None, dict[str, Any] | None]:
+    """The vector describer of `cfg.descriptor` and, for the trained copy net, its training log."""
     if cfg.descriptor == "tiny":
-        return descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight)
+        return descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight), None
     if cfg.descriptor == "cnn":
         trunk = load_trunk(trunk_init, model_cfg, seed)
-        return descriptors.TrunkGrid(trunk, cfg.image_size, cfg.cnn_stage, cfg.cnn_grid)
-    return None
+        return descriptors.TrunkGrid(trunk, cfg.image_size, cfg.cnn_stage, cfg.cnn_grid, cfg.cnn_pool,
+                                     cfg.gem_p), None
+    if cfg.descriptor == "copy":
+        dataset = Dataset.open(corpus_root)
+        net, log = copydetect.load_or_train(cache_dir / "copynet.pt", cfg.copy, descriptors.corpus_fingerprint(dataset),
+                                            descriptors.iter_shards(dataset.train_urls(0), Counter()), progress)
+        return descriptors.CopyDescriber(net, cfg.copy.input_size), log
+    return None, None
+
+
+def best_orientation(vectors: np.ndarray, index: ViewIndex, orientations: int, cfg: DedupConfig
+                     ) -> tuple[Matches, np.ndarray]:
+    """Matches and margins of image-major query views (`orientations` per image: as is, mirrored), keeping per
+    image the orientation of highest margin."""
+    matches = nearest_two(vectors, index, twin_cosine=cfg.twin_cosine)
+    margin = margin_score(matches.s1, matches.s2, cfg.margin)
+    pick = np.arange(0, len(margin), orientations) + margin.reshape(-1, orientations).argmax(axis=1)
+    return Matches(*(getattr(matches, f.name)[pick] for f in fields(Matches))), margin[pick]
+
+
+def _record(n: int, image_id: str, hash_distance, hash_index, matches, margin, boxes, keys) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": image_id, "benchmark": benchmark_of(image_id)}
+    if hash_distance is not None:
+        record.update(hash_distance=int(hash_distance[n]), hash_key=keys[hash_index[n]])
+    if matches is not None:
+        record.update(margin=round(float(margin[n]), 6), similarity=round(float(matches.s1[n]), 6),
+                      second_similarity=round(float(matches.s2[n]), 6),
+                      margin_key=keys[matches.image1[n]], view=list(boxes[matches.view[n]]),
+                      second_key=keys[matches.image2[n]] if matches.image2[n] >= 0 else None)
+    return record
 
 
 def _run_dedup(
@@ -259,48 +228,59 @@ def _run_dedup(
     if not tests:
         raise ValueError(f"{benchmark_root}: no test images of {', '.join(BENCHMARKS)}")
     hash_size = cfg.hash_size if cfg.use_hash else None
-    describer = _describer(cfg, trunk_init, model_cfg, seed)
+    cache_dir = _cache_dir(cfg, corpus_root, out_dir)
+    describer, training = _describer(cfg, trunk_init, model_cfg, seed, corpus_root, cache_dir, progress)
     boxes = view_boxes(cfg.view_fractions, cfg.view_grid) if describer else [FULL_VIEW]
+    queries = [FULL_VIEW, FLIP_VIEW] if cfg.query_flip else [FULL_VIEW]
     # One decode side for every descriptor setting, so switching tiny <-> cnn keeps the cached hashes.
     side = decode_side(hash_size, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions, default=1.0))
-    corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, Path(out_dir) / descriptors.CACHE_NAME, hash_size,
+    corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, cache_dir / descriptors.CACHE_NAME, hash_size,
                                                          describer, boxes, side, cfg.batch_size, progress)
     if not corpus.keys:
         raise ValueError(f"{corpus_root}: no decodable training image to compare against")
+    index = index_info = None
+    if corpus.vectors is not None:
+        meta = {"corpus": corpus_info.get("fingerprint"), "describer": describer.spec, "boxes": boxes, "side": side}
+        index, index_info = load_or_build(cache_dir, meta, corpus.vectors, corpus.views, cfg.index)
+    margin_threshold, calibration = cfg.margin_threshold, None
+    if index is not None and cfg.calibration.target_precision > 0:
+        calibration = run_calibration(corpus_root, cfg.calibration, cfg.margin_threshold, progress,
+                                      lambda items: describe(items, None, describer, queries, side, cfg.batch_size,
+                                                             progress=False).vectors,
+                                      lambda vectors: best_orientation(vectors, index, len(queries), cfg)[1])
+        atomic_write_json(Path(out_dir) / "calibration.json", calibration)
+        margin_threshold = calibration["threshold"]
     test_started = time.perf_counter()
     items = ((image_id, path.read_bytes()) for image_id, path in tests)
-    test: Descriptors = describe(items, hash_size, describer, [FULL_VIEW], side, cfg.batch_size, total=len(tests),
+    test: Descriptors = describe(items, hash_size, describer, queries, side, cfg.batch_size, total=len(tests),
                                  desc="test descriptors", progress=progress, strict=True)
     ids = test.keys
 
     search_started = time.perf_counter()
-    hash_distance = margin = matches = None
+    hash_distance = hash_index = margin = matches = None
     by_hash = by_margin = np.zeros(len(ids), dtype=bool)  # a rule that is off flags nothing
     if test.hashes is not None:
         hash_distance, hash_index = nearest_hash(test.hashes, corpus.hashes)
         by_hash = hash_distance <= cfg.hash_threshold
     if test.vectors is not None:
-        matches = nearest_two(test.vectors, corpus.vectors, corpus.views, cfg.twin_cosine)
-        margin = margin_score(matches.s1, matches.s2, cfg.margin)
-        by_margin = margin >= cfg.margin_threshold
+        matches, margin = best_orientation(test.vectors, index, len(queries), cfg)
+        by_margin = margin >= margin_threshold
     flagged = by_hash | by_margin
     search_seconds = time.perf_counter() - search_started
 
     records, matched_keys = [], {}
     for n in np.flatnonzero(flagged):
-        record: dict[str, Any] = {"id": ids[n], "benchmark": benchmark_of(ids[n])}
-        if hash_distance is not None:
-            record.update(hash_distance=int(hash_distance[n]), hash_key=corpus.keys[hash_index[n]])
-        if matches is not None:
-            record.update(margin=round(float(margin[n]), 6), similarity=round(float(matches.s1[n]), 6),
-                          second_similarity=round(float(matches.s2[n]), 6),
-                          margin_key=corpus.keys[matches.image1[n]], view=list(boxes[matches.view[n]]),
-                          second_key=corpus.keys[matches.image2[n]] if matches.image2[n] >= 0 else None)
+        record = _record(n, ids[n], hash_distance, hash_index, matches, margin, boxes, corpus.keys)
         # The hash match names the corpus image when the hash fired (the stricter evidence), else the margin's.
         record["corpus_key"] = record["hash_key"] if by_hash[n] else record["margin_key"]
         record["by"] = "both" if by_hash[n] and by_margin[n] else "hash" if by_hash[n] else "margin"
         matched_keys[ids[n]] = record["corpus_key"]
         records.append(record)
+    near_misses = []
+    if margin is not None:  # the unflagged images closest to the threshold: what the audit shows just below it
+        below = [n for n in np.argsort(-margin, kind="stable") if not flagged[n]][:cfg.near_misses]
+        near_misses = [_record(n, ids[n], hash_distance, hash_index, matches, margin, boxes, corpus.keys)
+                       for n in below]
     per_benchmark = {}
     for name in BENCHMARKS:
         members = [n for n, i in enumerate(ids) if benchmark_of(i) == name]
@@ -315,30 +295,40 @@ def _run_dedup(
         truth = read_json(truth_path)
         if not isinstance(truth, list) or not all(isinstance(r, dict) and "id" in r for r in truth):
             raise ValueError(f"{truth_path}: expected a list of {{'id', 'benchmark', 'corpus_key', 'edit'}} records")
-        evaluation = evaluate(ids, hash_distance, margin, None if matches is None else matches.s1, flagged, cfg,
-                              truth, matched_keys)
+        evaluation = evaluate(ids, hash_distance, margin, None if matches is None else matches.s1, flagged,
+                              replace(cfg, margin_threshold=margin_threshold), truth, matched_keys)
     trunk = None
     if cfg.descriptor == "cnn":
         model = trunk_model_config(trunk_init, model_cfg)
         trunk = {"init": trunk_init, "depth": model.depth, "width": model.width, "seed": seed}
-    names = ["use_hash", "hash_size", "hash_threshold", "descriptor", "margin", "margin_threshold", "view_fractions",
+    names = ["use_hash", "hash_size", "hash_threshold", "descriptor", "margin", "view_fractions",
              "view_grid", "twin_cosine", *DESCRIBER_SETTINGS.get(cfg.descriptor, ())]
-    thresholds = {**{name: getattr(cfg, name) for name in names}, "views": len(boxes)}
+    thresholds = {**{name: _plain(getattr(cfg, name)) for name in names}, "margin_threshold": margin_threshold,
+                  "views": len(boxes)}
+    if cfg.query_flip or calibration:
+        thresholds.update(query_flip=cfg.query_flip, calibrated=calibration is not None)
     result = {
         "format": FORMAT,
         "corpus_root": str(corpus_root),
         "benchmark_root": str(benchmark_root),
         "trunk": trunk,
         "thresholds": thresholds,
-        "corpus": corpus_info,
+        "corpus": {k: v for k, v in corpus_info.items() if k != "fingerprint"},
         "test_images": len(ids),
         "flagged": records,
+        "near_misses": near_misses,
         "per_benchmark": per_benchmark,
         "evaluation": evaluation,
         "seconds": {"total": round(time.perf_counter() - started, 3),
                     "corpus": round(test_started - started, 3),
                     "test": round(search_started - test_started, 3), "search": round(search_seconds, 4)},
     }
+    if index_info and index_info["kind"] != "flat" or cfg.index_dir:
+        result["index"] = index_info
+    if calibration:
+        result["calibration"] = {k: v for k, v in calibration.items() if k != "curve"}
+    if training:
+        result["descriptor_training"] = training
     atomic_write_json(Path(out_dir) / "dedup.json", result)
     return result
 

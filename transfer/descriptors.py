@@ -24,22 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import imagehash
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from tqdm import tqdm
 
 from pretrain.atomic import atomic_write
+from pretrain.dupes import phash_code
 from pretrain.images import decode_rgb, to_float
 from pretrain.loader import IMAGE_KEYS
 from pretrain.shards import Dataset
+from transfer.copydetect import describe_batch, gem
 
 VERSION = 2  # bump when a descriptor's definition changes, so old caches are not reused
 CACHE_NAME = "corpus_descriptors.npz"
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image's width and height
 FULL_VIEW: Box = (0.0, 0.0, 1.0, 1.0)
+FLIP_VIEW: Box = (1.0, 0.0, 0.0, 1.0)  # x runs right to left: the mirror image (ViewSampler handles it as any box)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" conversion
 LUMA_FLOOR = 1.0  # grey levels added to the luma RMS: a flat view is not blown up into noise
 CHROMA_FLOOR = 4.0  # grey levels added to the chroma RMS: a near-grey view's JPEG colour noise stays small
@@ -94,12 +95,6 @@ class ViewSampler:
 def hash_bits(hash_size: int) -> int:
     """Bits of a packed pHash: hash_size**2 rounded up to whole bytes (FAISS binary codes are bytes)."""
     return -(-hash_size * hash_size // 8) * 8
-
-
-def phash_code(image: Image.Image, hash_size: int) -> np.ndarray:
-    """imagehash's pHash packed into uint8; zero padding to whole bytes leaves Hamming distances unchanged."""
-    bits = imagehash.phash(image, hash_size=hash_size).hash.reshape(-1)
-    return np.packbits(bits)
 
 
 def decode_side(hash_size: int | None, view_size: int, min_fraction: float) -> int:
@@ -163,29 +158,50 @@ class TinyImage:
 
 
 class TrunkGrid:
-    """Features of trunk stage `stage` (1..4) average-pooled to a grid x grid layout, L2-normalised: spatial
-    layout kept (global pooling maps different renders of one world to nearly the same vector)."""
+    """Features of trunk stage `stage` (1..4) pooled and L2-normalised. pool "grid": average-pooled to a
+    grid x grid layout (spatial layout kept: global pooling maps different renders of one world to nearly the
+    same vector); pool "gem": one global generalised mean (exponent `gem_p`; Radenović et al.'s retrieval
+    pooling), compact and blind to crops and flips, for pretrained trunks of real photos."""
 
     kind = "cnn"
 
-    def __init__(self, trunk: torch.nn.Module, image_size: int, stage: int, grid: int) -> None:
+    def __init__(self, trunk: torch.nn.Module, image_size: int, stage: int, grid: int, pool: str = "grid",
+                 gem_p: float = 3.0) -> None:
         if not 1 <= stage <= 4:
             raise ValueError(f"cnn_stage={stage}: the trunk has stages 1..4")
+        if pool not in ("grid", "gem"):
+            raise ValueError(f"cnn_pool={pool!r}: expected 'grid' or 'gem'")
         self.trunk = trunk.eval()
         self.input_size = image_size
-        self.stage, self.grid = stage, grid
+        self.stage, self.grid, self.pool, self.gem_p = stage, grid, pool, gem_p
         self.spec = {"kind": self.kind, "trunk": trunk_fingerprint(trunk), "image_size": image_size,
-                     "stage": stage, "grid": grid}
+                     "stage": stage, "grid": grid, "pool": pool, "gem_p": gem_p}
 
     def __call__(self, views: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)
         with torch.inference_mode():
             features = self.trunk.stages(to_float(batch))[self.stage - 1].float()
-            pooled = torch.nn.functional.adaptive_avg_pool2d(features, self.grid).flatten(1)
+            if self.pool == "gem":
+                pooled = gem(features, self.gem_p)
+            else:
+                pooled = torch.nn.functional.adaptive_avg_pool2d(features, self.grid).flatten(1)
         return _unit(pooled.numpy())
 
 
-Describer = TinyImage | TrunkGrid
+class CopyDescriber:
+    """The copy-detection net trained on the corpus (transfer/copydetect.py): invariant to heavy edits."""
+
+    kind = "copy"
+
+    def __init__(self, net: torch.nn.Module, input_size: int) -> None:
+        self.net, self.input_size = net.eval(), input_size
+        self.spec = {"kind": self.kind, "net": trunk_fingerprint(net), "input_size": input_size}
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        return _unit(describe_batch(self.net, views))
+
+
+Describer = TinyImage | TrunkGrid | CopyDescriber
 
 
 @dataclass
@@ -342,4 +358,4 @@ def corpus_descriptors(
                          Counter(meta["skipped"]))
     status = "miss" if len(todo) == len(wanted) else "partial" if todo else "hit"
     return result, {"images": len(result.keys), "views": len(boxes), "skipped": dict(meta["skipped"]),
-                    "cache": status, **info}
+                    "cache": status, "fingerprint": meta["corpus"], **info}

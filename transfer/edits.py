@@ -1,5 +1,9 @@
 """Near-duplicate edits of an image together with its annotations: resize, JPEG, crop, recolour and chains.
 
+Light edits (EDITS, planted in the synthetic benchmarks) and heavy ones (HEAVY_EDITS, planted in the held-out
+calibration set of transfer/calibrate.py): a crop down to half the area, JPEG at quality 20, a downscale to a
+quarter of the side, strong colour jitter, overlaid text and a horizontal flip.
+
 These are the edits that make a web image turn up again in a test set in slightly different form (a thumbnail,
 a re-compressed copy, a crop, a filter). Geometric edits carry per-object masks (nearest neighbour on pixel
 centres), boxes (recomputed from the masks) and keypoints (moved; flagged 0 once outside) along with the pixels,
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels (continuous: pixel i spans [i, i + 1))
 Keypoints = list[tuple[float, float, int]]  # (x, y, v): v 0 outside / unlabelled, 1 occluded, 2 visible
@@ -22,6 +26,8 @@ Keypoints = list[tuple[float, float, int]]  # (x, y, v): v 0 outside / unlabelle
 EDITS: tuple[str, ...] = ("resize", "jpeg", "crop", "recolour")
 COMBINATIONS: tuple[str, ...] = ("crop+jpeg", "resize+jpeg", "recolour+jpeg", "crop+recolour", "crop+recolour+jpeg")
 ALL_EDITS: tuple[str, ...] = EDITS + COMBINATIONS
+HEAVY_EDITS: tuple[str, ...] = ("crop50", "jpeg20", "downscale4", "jitter", "text", "flip")
+STEPS: tuple[str, ...] = EDITS + HEAVY_EDITS
 
 # Parameter ranges: strong enough to change every pixel, mild enough that a person calls it the same photo.
 SCALE_RANGE = (0.5, 1.5)  # resize: intermediate scale before going to the target size
@@ -32,6 +38,12 @@ BRIGHTNESS_RANGE = (0.8, 1.2)
 CONTRAST_RANGE = (0.8, 1.2)
 SATURATION_RANGE = (0.7, 1.3)
 HUE_RANGE = (-0.03, 0.03)  # fraction of the hue circle
+HEAVY_AREA_RANGE = (0.5, 0.55)  # crop50: down to half of the area
+HEAVY_QUALITY = 20  # jpeg20
+DOWNSCALE = 4  # downscale4: each side to a quarter, then back up (a thumbnail enlarged again)
+JITTER_RANGES = {"brightness": (0.6, 1.4), "contrast": (0.6, 1.4), "saturation": (0.4, 1.6), "hue": (-0.08, 0.08)}
+TEXT_HEIGHT = (0.14, 0.22)  # text: glyph height as a fraction of the image height
+WORDS = ("SALE", "photo", "2019", "www.site.com", "(c) news", "LOL", "tag me", "free")
 
 
 @dataclass
@@ -107,14 +119,29 @@ def recolour(image: Image.Image, brightness: float, contrast: float, saturation:
     return image
 
 
+def overlay_text(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, dict[str, Any]]:
+    """A caption in a random colour at a random place (meme text, watermarks); returns it and what was drawn."""
+    out = image.convert("RGB").copy()
+    height = max(6, round(float(rng.uniform(*TEXT_HEIGHT)) * out.size[1]))
+    font = ImageFont.load_default(size=height)  # Pillow's bundled font: nothing to find or download
+    word = str(WORDS[int(rng.integers(len(WORDS)))])
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    x0, y0, x1, y1 = ImageDraw.Draw(out).textbbox((0, 0), word, font=font)
+    x = int(rng.integers(0, max(1, out.size[0] - (x1 - x0)) + 1)) - x0
+    y = int(rng.integers(0, max(1, out.size[1] - (y1 - y0)) + 1)) - y0
+    ImageDraw.Draw(out).text((x, y), word, fill=colour, font=font)
+    return out, {"word": word, "xy": [x, y], "height": height, "colour": list(colour)}
+
+
 def random_edit(rng: np.random.Generator, choices: Sequence[str] = ALL_EDITS) -> str:
     """One edit name drawn uniformly from `choices`."""
     return str(choices[int(rng.integers(len(choices)))])
 
 
-def _crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
-    """An integer crop keeping AREA_RANGE of the frame, with a mild aspect change, anywhere inside it."""
-    area = rng.uniform(*AREA_RANGE) * width * height
+def _crop_box(rng: np.random.Generator, width: int, height: int,
+              area_range: tuple[float, float] = AREA_RANGE) -> tuple[int, int, int, int]:
+    """An integer crop keeping `area_range` of the frame, with a mild aspect change, anywhere inside it."""
+    area = rng.uniform(*area_range) * width * height
     aspect = float(np.exp(rng.uniform(*np.log(ASPECT_RANGE)))) * width / height
     w = int(np.clip(round(np.sqrt(area * aspect)), 1, width))
     h = int(np.clip(round(area / w), 1, height))
@@ -131,9 +158,9 @@ def apply_edit(image: Image.Image, edit: str | None = None, rng: np.random.Gener
     rng = rng if rng is not None else np.random.default_rng()
     edit = edit or random_edit(rng, choices)
     steps = edit.split("+")
-    unknown = [s for s in steps if s not in EDITS]
+    unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        raise ValueError(f"edit {edit!r}: unknown step(s) {unknown}; steps are {EDITS}, joined by '+'")
+        raise ValueError(f"edit {edit!r}: unknown step(s) {unknown}; steps are {STEPS}, joined by '+'")
     size = size or image.size
     out = image.convert("RGB")
     # The output frame shows `box` of the input: geometric steps compose into one box, so masks and keypoints
@@ -146,16 +173,30 @@ def apply_edit(image: Image.Image, edit: str | None = None, rng: np.random.Gener
             middle = (max(1, round(out.size[0] * scale)), max(1, round(out.size[1] * scale)))
             out = out.resize(middle, Image.BILINEAR).resize(size, Image.BICUBIC)
             params["scale"] = round(scale, 4)
-        elif step == "crop":
-            cx0, cy0, cx1, cy1 = _crop_box(rng, *out.size)
+        elif step in ("crop", "crop50"):
+            cx0, cy0, cx1, cy1 = _crop_box(rng, *out.size, AREA_RANGE if step == "crop" else HEAVY_AREA_RANGE)
             fx, fy = (box[2] - box[0]) / out.size[0], (box[3] - box[1]) / out.size[1]
             box = (box[0] + cx0 * fx, box[1] + cy0 * fy, box[0] + cx1 * fx, box[1] + cy1 * fy)
             out = out.resize(size, Image.BICUBIC, box=(cx0, cy0, cx1, cy1))
             params["crop"] = [round(b, 3) for b in box]
-        elif step == "jpeg":
-            quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1))
+        elif step in ("jpeg", "jpeg20"):
+            quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1)) if step == "jpeg" else HEAVY_QUALITY
             out = jpeg_recompress(out, quality)
             params["quality"] = quality
+        elif step == "downscale4":
+            small = (max(1, out.size[0] // DOWNSCALE), max(1, out.size[1] // DOWNSCALE))
+            out = out.resize(small, Image.BILINEAR).resize(size, Image.BICUBIC)
+            params["downscale"] = DOWNSCALE
+        elif step == "flip":
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            box = (box[2], box[1], box[0], box[3])  # x runs backwards: masks and keypoints follow the mirror
+            params["flip"] = True
+        elif step == "text":
+            out, params["text"] = overlay_text(out, rng)
+        elif step == "jitter":
+            jitter = {k: float(rng.uniform(*r)) for k, r in JITTER_RANGES.items()}
+            out = recolour(out, **jitter)
+            params["jitter"] = {k: round(v, 4) for k, v in jitter.items()}
         else:  # recolour
             jitter = {
                 "brightness": float(rng.uniform(*BRIGHTNESS_RANGE)),

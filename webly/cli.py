@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         if name in SWEEPABLE:
             sub.add_argument("-m", "--multirun", action="store_true",
                              help="sweep: key=a,b,c runs one job per combination (one job array on Slurm)")
+        if name == "dedup":
+            sub.add_argument("--report", action="store_true",
+                             help="also write the audit report (same as dedup.report=true)")
     return parser
 
 
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "experiment" and overrides and overrides[0] in EXPERIMENT_ACTIONS:
         action = overrides.pop(0)
     sweep = sweep_overrides(overrides) if getattr(args, "multirun", False) else [overrides]
+    if getattr(args, "report", False):
+        overrides = [*overrides, "experiment.dedup.report=true"]
     try:
         cfgs = [compose(o) for o in sweep]
     except ConfigError as err:
@@ -230,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(cfg.work_dir) / "dedup" / Path(cfg.experiment.bench.root).name
             result = _run(cfg, "dedup", dedup_job, (cfg, reference, str(out)))
             print(f"[webly] dedup: {result['per_benchmark']}\n[webly] manifest: {out / 'dedup.json'}")
+            if result.get("audit"):
+                print(f"[webly] audit report: {result['audit']}")
         elif args.command == "pretrain":
             result = _run(cfg, "pretrain", pretrain_job)
             print(f"[webly] pretrain: {_summary_line(result)}\n[webly] run directory: {result['run_dir']}")

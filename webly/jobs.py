@@ -22,7 +22,7 @@ from pretrain.sources import ingest
 from pretrain.stage import is_done, write_manifest
 from pretrain.synthweb.dataset import write_synthweb
 from pretrain.train import pretrain
-from transfer.config import TransferConfig
+from transfer.config import DedupConfig, TransferConfig
 from transfer.run import run_transfer
 from webly.config import WeblyConfig, pretrain_config, run_name
 
@@ -145,17 +145,33 @@ def dedup_stage_config(cfg: WeblyConfig, reference: tuple[str, ModelConfig]) -> 
     }
 
 
+def dedup_settings(cfg: WeblyConfig) -> DedupConfig:
+    """The dedup config with its index folder resolved: one per work_dir, so every benchmark (and experiment)
+    de-duplicated against a corpus reuses that corpus's descriptors and index."""
+    dedup = cfg.experiment.dedup
+    return dataclasses.replace(dedup, index_dir=dedup.index_dir or str(Path(cfg.work_dir) / "dedup" / "index"))
+
+
 def dedup_job(args: tuple[WeblyConfig, tuple[str, ModelConfig], str]) -> dict[str, Any]:
-    """Flag benchmark test images that near-duplicate corpus images; writes `<out>/dedup.json`."""
+    """Flag benchmark test images that near-duplicate corpus images; writes `<out>/dedup.json` and, with
+    dedup.report, the audit report (transfer results are those under work_dir/transfer, if any)."""
     from transfer.dedup import run_dedup
 
     cfg, reference, out_dir = args
     config = dedup_stage_config(cfg, reference)
     write_manifest(out_dir, "dedup", "running", config)
-    result = run_dedup(
-        cfg.data.root, cfg.experiment.bench.root, out_dir, cfg.experiment.dedup, reference[0], reference[1]
-    )
-    write_manifest(out_dir, "dedup", "done", config, outputs={"dedup": str(Path(out_dir) / "dedup.json")})
+    result = run_dedup(cfg.data.root, cfg.experiment.bench.root, out_dir, dedup_settings(cfg), reference[0],
+                       reference[1])
+    outputs = {"dedup": str(Path(out_dir) / "dedup.json")}
+    if cfg.experiment.dedup.report:
+        from webly.audit import build_audit
+        from webly.results import pretrain_rows, transfer_rows
+
+        exp = Path(cfg.work_dir)
+        rows = transfer_rows(exp, pretrain_rows(exp))
+        outputs.update(build_audit(out_dir, cfg.data.root, cfg.experiment.bench.root, rows))
+        result["audit"] = outputs["audit"]
+    write_manifest(out_dir, "dedup", "done", config, outputs=outputs)
     return result
 
 

@@ -7,6 +7,7 @@ it log-linear with no saturation up to 300M), on the full and on the de-duplicat
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,18 @@ def _table(header: list[str], body: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _dedup_section(exp_dir: Path) -> list[str]:
+def _dedup_section(exp_dir: Path, rows: list[TransferRow], corpus_root: str, out: Path) -> list[str]:
     path = exp_dir / "dedup" / "dedup.json"
     if not path.exists():
         return ["## De-duplication", "", "No dedup manifest was found.", ""]
     dedup = read_json(path)
+    audit_link: list[str] = []
+    if corpus_root and Path(corpus_root, "manifest.json").exists():
+        from webly.audit import build_audit  # the audit: gallery, sweep plot, transfer full vs dedup
+
+        audit = Path(build_audit(path.parent, corpus_root, dedup["benchmark_root"], rows)["audit"])
+        audit_link = ["", f"Audit report (gallery of matched pairs, threshold sweep, full vs de-duplicated metrics): "
+                          f"[{audit.name}]({os.path.relpath(audit, out)})"]
     lines = [
         "## De-duplication",
         "",
@@ -147,7 +155,7 @@ def _dedup_section(exp_dir: Path) -> list[str]:
             f"Against the planted near-duplicates: precision **{overall['precision']:.3f}**, "
             f"recall **{overall['recall']:.3f}** (thresholds {dedup.get('thresholds', {})}).",
         ]
-    return lines + [""]
+    return lines + audit_link + [""]
 
 
 def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str = "") -> dict[str, Any]:
@@ -170,7 +178,7 @@ def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str =
         "",
     ]
     lines += _pretrain_section(pretrained)
-    lines += _dedup_section(exp_dir)
+    lines += _dedup_section(exp_dir, rows, corpus_root, out)
     lines += _task_sections(rows, fits, plots, out)
     report_md = atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     _log_wandb(wandb_cfg, exp_dir.name, out, rows, plots)

@@ -61,6 +61,12 @@ def test_report_has_every_task_and_the_probe_beats_random_init(study: dict) -> N
     assert top1[("pretrained", largest)] >= top1[("random", 0)] + 0.1, top1
     text = report.read_text()
     assert "## De-duplication" in text and "precision" in text
+    # the report links the dedup audit, which holds the gallery, the sweep plot and full vs dedup metrics
+    assert "(../dedup/audit/audit.md)" in text
+    audit = (exp / "dedup" / "audit" / "audit.md").read_text()
+    assert (exp / "dedup" / "audit" / "gallery.png").stat().st_size > 0
+    assert (exp / "dedup" / "audit" / "sweep.png").stat().st_size > 0
+    assert "| classification | frozen |" in audit
 
 
 def test_status_lists_every_job_with_its_state_and_log(study: dict) -> None:

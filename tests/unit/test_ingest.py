@@ -64,6 +64,8 @@ def test_skip_counts_and_untagged_list(tmp_path: Path, folder) -> None:
         "untagged": ["d.jpg", "e.jpg", "f.jpg", "g.jpg"],
         "written": 3,
         "shards_kept_from_earlier_run": 0,
+        "duplicates": {"images": 3, "clusters": 0, "images_in_clusters": 0, "redundant": 0, "largest": 0,
+                       "examples": []},  # three different pictures: no pHash cluster
     }
     assert manifest["num_samples"] == 3
     assert manifest["source"] == f"folder:{path.resolve()}"
