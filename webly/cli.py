@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     action = "run"
     if args.command == "experiment" and overrides and overrides[0] in EXPERIMENT_ACTIONS:
         action = overrides.pop(0)
-    sweep = sweep_overrides(overrides) if getattr(args, "multirun", False) else [overrides]
     if getattr(args, "report", False):
         overrides = [*overrides, "experiment.dedup.report=true"]
+    sweep = sweep_overrides(overrides) if getattr(args, "multirun", False) else [overrides]
     try:
         cfgs = [compose(o) for o in sweep]
     except ConfigError as err:
