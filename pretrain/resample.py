@@ -74,7 +74,8 @@ class TagSampleCounts:
 
     def update(self, tag_ids: torch.Tensor) -> None:
         ids = tag_ids[tag_ids >= 0]
-        self.counts += torch.bincount(ids, minlength=len(self.counts))
+        # once per batch: touch only the batch's ids (a bincount of length V would cost O(V) per step)
+        self.counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.int64))
 
     def log_row(self, step: int, vocab: Vocabulary) -> dict[str, Any]:
         """A metrics row: per-tag sample counts of the MAX_LOGGED_TAGS most frequent tags (vocab order)."""

@@ -166,15 +166,13 @@ def _transfer_line(result: dict[str, Any]) -> str:
 
 def _multirun(command: str, cfgs: list[WeblyConfig]) -> int:
     if command == "pretrain":
-        results = _run_sweep(cfgs, "pretrain", pretrain_job, cfgs)
-        for result in results:
-            if not isinstance(result, Exception):
-                print(f"[webly] pretrain: {_summary_line(result)} -> {result['run_dir']}")
+        fn, args, line = pretrain_job, cfgs, lambda r: f"[webly] pretrain: {_summary_line(r)} -> {r['run_dir']}"
     else:
-        results = _run_sweep(cfgs, "transfer", transfer_job, [transfer_stage(c) for c in cfgs])
-        for result in results:
-            if not isinstance(result, Exception):
-                print(_transfer_line(result))
+        fn, args, line = transfer_job, [transfer_stage(c) for c in cfgs], _transfer_line
+    results = _run_sweep(cfgs, command, fn, args)
+    for result in results:
+        if not isinstance(result, Exception):
+            print(line(result))
     return 1 if any(isinstance(r, Exception) for r in results) else 0
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,7 @@ def status_text(exp_dir: Path) -> str:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + str(row[-1])
              for row in table]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    counts = Counter(r["state"] for r in rows)
     lines.append("")
     lines.append(", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())))
     for r in rows:
