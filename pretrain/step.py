@@ -37,12 +37,14 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                  schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler], device: torch.device,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 sync_context: nn.Module | None = None, on_step_start: Callable[[], None] | None = None) -> None:
+                 sync_context: nn.Module | None = None, on_step_start: Callable[[], None] | None = None,
+                 after_backward: Callable[[], None] | None = None) -> None:
         self.model = model  # what the forward runs through (DDP wrapper, compiled or not)
         self.optimizers, self.schedulers = list(optimizers), list(schedulers)
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.sync_context = sync_context  # the DDP module whose no_sync() skips the all-reduce
         self.on_step_start = on_step_start  # e.g. the sampled head's draw of this step's negatives
+        self.after_backward = after_backward  # e.g. averaging the sparse gradients DDP does not see
 
     def images(self, batch: Batch) -> torch.Tensor:
         images = to_float(batch.images.to(self.device, non_blocking=True))
@@ -64,6 +66,8 @@ class TrainStep:
                     loss = self.model(self.images(batch), batch.tag_ids.to(self.device, non_blocking=True))
                 (loss / len(batches)).backward()
             total += loss.detach().float()
+        if self.after_backward is not None:
+            self.after_backward()
         for optimizer in self.optimizers:
             optimizer.step()
         for scheduler in self.schedulers:

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pretrain.atomic import atomic_write, atomic_write_json
 from pretrain.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from pretrain.config import PretrainConfig
+from pretrain.ddp import wrap_ddp
 from pretrain.distributed import (
     ProcessInfo,
     all_gather_objects,
@@ -150,15 +150,16 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
         state.wandb_id = logger.run_id
     state.wandb_id = all_gather_objects(info, state.wandb_id)[0]
 
-    ddp = None
+    ddp, average_sparse_grads = None, None
     forward_model: torch.nn.Module = model
     if info.distributed:
-        ddp = DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+        ddp, average_sparse_grads = wrap_ddp(model, device)
         forward_model = ddp
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
     train_step = TrainStep(forward_model, optimizers, schedulers, device, amp_dtype, cfg.train.channels_last,
-                           sync_context=ddp, on_step_start=getattr(model.head, "draw_negatives", None))
+                           sync_context=ddp, on_step_start=getattr(model.head, "draw_negatives", None),
+                           after_backward=average_sparse_grads)
 
     def checkpoint() -> None:
         ranks = all_gather_objects(info, state.as_dict())  # every rank's data position and skip counts

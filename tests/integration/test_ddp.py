@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from pretrain.checkpoint import list_checkpoints
 from pretrain.config import HeadConfig, ModelConfig, OptimConfig
+from pretrain.ddp import average_sparse_grad, wrap_ddp
 from pretrain.loader import Batch, TaggedImageStream
 from pretrain.models import build_model
 from pretrain.optim import build_optimizer, build_scheduler, build_sparse_optimizer
@@ -68,9 +68,9 @@ def _train_fixed(head: str, rank: int, world_size: int, accumulate: int) -> tupl
     sparse = build_sparse_optimizer(model, optim_cfg)
     optimizers += [sparse] if sparse is not None else []
     schedulers = [build_scheduler(opt, optim_cfg, STEPS) for opt in optimizers]
-    ddp = DistributedDataParallel(model) if world_size > 1 else None
+    ddp, average_sparse_grads = wrap_ddp(model, torch.device("cpu")) if world_size > 1 else (None, None)
     step = TrainStep(ddp or model, optimizers, schedulers, torch.device("cpu"), sync_context=ddp,
-                     on_step_start=getattr(model.head, "draw_negatives", None))
+                     on_step_start=getattr(model.head, "draw_negatives", None), after_backward=average_sparse_grads)
     losses = []
     for micro in _fixed_batches(accumulate, world_size, rank):
         loss = step(micro)
@@ -105,6 +105,27 @@ def test_two_ranks_step_like_one_process_at_twice_the_batch(tmp_path: Path, head
     for key, tensor in reference.items():
         torch.testing.assert_close(ddp["weights"][key], tensor, rtol=1e-4, atol=1e-5, msg=key)
         torch.testing.assert_close(accumulated[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _sparse_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    _torchrun_env(rank, world_size, port)
+    dist.init_process_group("gloo")
+    table = torch.nn.Embedding(6, 2, sparse=True)
+    if rank == 0:  # rank 0 touches rows 1 (twice) and 4; rank 1 touches nothing
+        table(torch.tensor([1, 4, 1])).sum().backward()
+    average_sparse_grad(table.weight)
+    torch.save(table.weight.grad.to_dense(), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sparse_gradients_average_when_ranks_touch_different_rows(tmp_path: Path) -> None:
+    # uneven row counts (one rank none at all) are what gloo's own sparse all-reduce trips on
+    out = str(tmp_path / "grad")
+    mp.start_processes(_sparse_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    expected = torch.zeros(6, 2)
+    expected[1], expected[4] = 1.0, 0.5  # (2 + 0) / 2 and (1 + 0) / 2
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(f"{out}.{rank}", weights_only=True), expected)
 
 
 def _keys_worker(rank: int, world_size: int, port: int, root: str, out: str) -> None:
