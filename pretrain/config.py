@@ -80,6 +80,7 @@ class HeadConfig:
     alpha: float = 0.75  # exponent of the frequency proposal
     sparse_lr: float = 0.0  # peak lr of the plain-SGD row update; 0: optim.lr / (1 - optim.momentum)
     eval_chunk: int = 65536  # tags per chunk of the full-softmax evaluation path
+    table_dtype: str = "float32"  # float32 | bfloat16: storage of the tag table (bf16 halves it; stochastic rounding)
 
 
 @dataclass

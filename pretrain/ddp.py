@@ -37,14 +37,14 @@ def average_sparse_grad(param: nn.Parameter) -> None:
                                        param.new_empty((0, *param.shape[1:])), param.shape)
     else:
         grad = param.grad.coalesce()
-    rows, values = grad.indices()[0], grad.values()
+    rows, values = grad.indices()[0], grad.values().float()  # bf16 tables: gathered and averaged in fp32
     count = torch.tensor([rows.numel()], device=param.device)
     counts = [torch.zeros_like(count) for _ in range(world_size)]
     dist.all_gather(counts, count)
     counts_list = [int(c.item()) for c in counts]
     all_rows = _all_gather_padded(rows, len(rows), counts_list)
     all_values = _all_gather_padded(values, len(rows), counts_list) / world_size
-    param.grad = torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, param.shape).coalesce()
+    param.grad = torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, param.shape).coalesce().to(param.dtype)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> tuple[DistributedDataParallel, Callable[[], None] | None]:

@@ -77,5 +77,5 @@ def build_head(cfg: HeadConfig, feature_dim: int, num_tags: int, tag_counts: Seq
         raise ValueError(f"head.name={cfg.name!r}: choose one of {sorted(HEADS)}")
     if cfg.name == "sampled_softmax":
         return SampledSoftmaxHead(feature_dim, num_tags, cfg.num_sampled, cfg.proposal, tag_counts, cfg.alpha,
-                                  seed, cfg.eval_chunk)
+                                  seed, cfg.eval_chunk, cfg.table_dtype)
     return HEADS[cfg.name](feature_dim, num_tags)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pretrain.config import OptimConfig
+from pretrain.sparse_sgd import SparseRowSGD
 
 
 def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -48,7 +49,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int = 0) -
 
 def build_sparse_optimizer(model: nn.Module, cfg: OptimConfig, sparse_lr: float = 0.0,
                            global_batch: int = 0) -> torch.optim.Optimizer | None:
-    """Plain SGD (no momentum, no weight decay: no per-row state) on the sparse embeddings; None if there are none.
+    """Plain SGD on the touched rows of the sparse embeddings (pretrain.sparse_sgd: no momentum, no weight decay,
+    so no per-row state; bf16 tables rounded stochastically); None if there are none.
 
     `sparse_lr` 0 takes optim.lr / (1 - optim.momentum), the step size SGD with momentum settles to.
     """
@@ -56,7 +58,7 @@ def build_sparse_optimizer(model: nn.Module, cfg: OptimConfig, sparse_lr: float 
     if not params:
         return None
     lr = sparse_lr or cfg.lr / max(1e-8, 1.0 - cfg.momentum)
-    return torch.optim.SGD(params, lr=scaled_lr(lr, global_batch, cfg.reference_batch), momentum=0.0)
+    return SparseRowSGD(params, lr=scaled_lr(lr, global_batch, cfg.reference_batch))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

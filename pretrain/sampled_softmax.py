@@ -20,19 +20,24 @@ from torch import nn
 
 from pretrain.sampling import TagSampler
 
+TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MASKED = -1.0e9  # a logit that takes no probability mass (finite, so a fully masked row gives no NaN)
 
 
 class SampledSoftmaxHead(nn.Module):
     def __init__(self, feature_dim: int, num_tags: int, num_sampled: int = 1024, proposal: str = "log_uniform",
                  counts: Sequence[int] | None = None, alpha: float = 0.75, seed: int = 0,
-                 eval_chunk: int = 65536) -> None:
+                 eval_chunk: int = 65536, table_dtype: str = "float32") -> None:
         super().__init__()
         if num_sampled < 1:
             raise ValueError(f"head.num_sampled={num_sampled}: draw at least one negative per batch")
+        if table_dtype not in TABLE_DTYPES:
+            raise ValueError(f"head.table_dtype={table_dtype!r}: choose one of {', '.join(TABLE_DTYPES)}")
         self.num_tags, self.num_sampled, self.eval_chunk = num_tags, num_sampled, eval_chunk
         self.sampler = TagSampler(proposal, num_tags, counts, alpha, seed)
-        self.weight = nn.Embedding(num_tags, feature_dim, sparse=True)
+        # the table may be bf16 (pretrain.sparse_sgd rounds its updates stochastically); the biases, V numbers,
+        # stay fp32
+        self.weight = nn.Embedding(num_tags, feature_dim, sparse=True, dtype=TABLE_DTYPES[table_dtype])
         self.bias = nn.Embedding(num_tags, 1, sparse=True)
         # nn.Linear's initial scale, so that the head starts as the full-softmax head does
         bound = 1.0 / math.sqrt(feature_dim)
@@ -46,7 +51,7 @@ class SampledSoftmaxHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """All V logits (N x V): held-out scoring at a vocabulary size where N x V fits."""
-        return F.linear(features, self.weight.weight, self.bias.weight.squeeze(1))
+        return F.linear(features, self.weight.weight.to(features.dtype), self.bias.weight.squeeze(1))
 
     def training_loss(self, features: torch.Tensor, tag_ids: torch.Tensor) -> torch.Tensor:
         """Sampled-softmax cross-entropy against 1/k on each image's k tags, averaged over images."""
@@ -75,7 +80,7 @@ class SampledSoftmaxHead(nn.Module):
                                                                                           self.eval_chunk)]
 
     def _chunk_logits(self, features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return F.linear(features.float(), self.weight.weight[start:stop], self.bias.weight[start:stop, 0])
+        return F.linear(features.float(), self.weight.weight[start:stop].float(), self.bias.weight[start:stop, 0])
 
     @torch.no_grad()
     def full_log_partition(self, features: torch.Tensor) -> torch.Tensor:
@@ -88,7 +93,7 @@ class SampledSoftmaxHead(nn.Module):
         """The exact full-softmax loss (1/k targets) the sampled loss estimates, in O(N x chunk) memory."""
         valid = tag_ids >= 0
         true_ids = tag_ids.clamp_min(0)
-        true_logits = torch.einsum("nd,nkd->nk", features.float(), self.weight.weight[true_ids])
+        true_logits = torch.einsum("nd,nkd->nk", features.float(), self.weight.weight[true_ids].float())
         true_logits = true_logits + self.bias.weight[true_ids, 0]
         log_p = (true_logits - self.full_log_partition(features).unsqueeze(1)).masked_fill(~valid, 0.0)
         target = valid.float() / valid.sum(dim=1, keepdim=True).clamp_min(1)

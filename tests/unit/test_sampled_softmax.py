@@ -126,7 +126,7 @@ def test_sparse_rows_get_their_own_stateless_sgd() -> None:
     sparse = build_sparse_optimizer(model, cfg, global_batch=512)
     assert dense.param_groups[0]["lr"] == pytest.approx(0.2)  # linear scaling: twice the reference batch
     assert sparse is not None and sparse.param_groups[0]["lr"] == pytest.approx(2.0)  # lr / (1 - momentum), x2
-    assert sparse.param_groups[0]["momentum"] == 0.0
+    assert set(sparse.param_groups[0]) == {"params", "lr"}  # no momentum, no weight decay: no per-row state
     assert build_sparse_optimizer(torch.nn.Linear(2, 2), cfg) is None
     assert scaled_lr(0.1, 1024, 0) == 0.1
 
@@ -136,3 +136,5 @@ def test_bad_head_settings_name_the_key() -> None:
         build_head(HeadConfig("sampled_softmax", num_sampled=0), 4, 10)
     with pytest.raises(ValueError, match=r"head\.proposal='zipf'"):
         build_head(HeadConfig("sampled_softmax", proposal="zipf"), 4, 10)
+    with pytest.raises(ValueError, match=r"head\.table_dtype='float16'"):
+        build_head(HeadConfig("sampled_softmax", table_dtype="float16"), 4, 10)
