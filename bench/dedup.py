@@ -23,6 +23,7 @@ import json
 import platform
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -30,13 +31,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.config import DataConfig, ShardsConfig, SynthConfig
+from pretrain.config import DataConfig, ModelConfig, ShardsConfig, SynthConfig
 from pretrain.shards import Dataset
 from pretrain.synthweb.dataset import write_synthweb
 from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
-from transfer.dedup import best_orientation
+from transfer.dedup import best_orientation, build_describer
 from transfer.descriptors import FLIP_VIEW, FULL_VIEW, decode_side, describe, view_boxes
 from transfer.edits import HEAVY_EDITS
 from transfer.index import build_index
@@ -54,13 +55,14 @@ def corpus(work: Path, images: int, heldout: int) -> Path:
     return root
 
 
-def ours(root: Path, work: Path, copies: int, target: float) -> dict:
-    cfg = HEAVY
-    describer = descriptors.TinyImage(cfg.tiny_size, cfg.chroma_weight)
+def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY) -> dict:
+    describer = build_describer(cfg, "", ModelConfig(), 0, str(root), work / f"copynet-{root.name}", True)[0]
     boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), [FULL_VIEW, FLIP_VIEW]
-    side = decode_side(None, cfg.tiny_size, min(cfg.view_fractions))
+    side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
     started = time.perf_counter()
-    corp, info = descriptors.corpus_descriptors(root, work / "bench_descriptors.npz", None, describer, boxes, side,
+    views = "-".join(map(str, cfg.view_fractions))
+    cache = work / f"bench_descriptors-{cfg.descriptor}-{views}-grid{cfg.view_grid}-side{side}.npz"
+    corp, info = descriptors.corpus_descriptors(root, cache, None, describer, boxes, side,
                                                 cfg.batch_size, progress=False)
     index = build_index(corp.vectors, corp.views, cfg.index)
     build = time.perf_counter() - started
@@ -158,6 +160,11 @@ def main() -> None:
     parser.add_argument("--scale-queries", type=int, default=10_000)
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--only-scale", action="store_true")
+    parser.add_argument("--view-fractions", type=float, nargs="+", default=HEAVY.view_fractions,
+                        help="side fractions of the corpus zoom views (dedup.view_fractions)")
+    parser.add_argument("--descriptor", default=HEAVY.descriptor, choices=["tiny", "copy"],
+                        help="tiny: standardised tiny images; copy: the copy-detection net trained on the corpus")
+    parser.add_argument("--view-grid", type=int, default=HEAVY.view_grid, help="positions per axis of each zoom")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -169,7 +176,9 @@ def main() -> None:
         print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, 28, 64)}, indent=1))
         return
     root = corpus(work, args.corpus, args.heldout)
-    mine = ours(root, work, args.copies, args.target)
+    settings = replace(HEAVY, view_fractions=args.view_fractions, view_grid=args.view_grid,
+                       descriptor=args.descriptor)
+    mine = ours(root, work, args.copies, args.target, settings)
     theirs = imagededup_phash(root, mine.pop("items"), mine.pop("truth"), mine["precision"])
     mine.pop("source_ids")
     result = {"ours": mine, "imagededup_phash": theirs,

@@ -101,6 +101,7 @@ class DedupConfig:
     query_flip: bool = False  # also search each test image mirrored (finds flipped copies)
     index: IndexConfig = field(default_factory=IndexConfig)
     index_dir: str = ""  # where corpus descriptors and indexes live, per corpus; "": next to dedup.json
+    extract_jobs: int = 1  # >1: the corpus is described by this many jobs over shard ranges, then assembled
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     near_misses: int = 24  # unflagged test images of highest margin recorded (the audit's "just below")
     report: bool = False  # write the audit report (audit/audit.md, gallery.png, sweep.png) after the run

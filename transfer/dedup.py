@@ -137,6 +137,8 @@ def _check(cfg: DedupConfig) -> None:
         raise ValueError(f"dedup.descriptor={cfg.descriptor!r}: expected one of {DESCRIPTORS} or ''")
     if cfg.margin not in MARGINS:
         raise ValueError(f"dedup.margin={cfg.margin!r}: expected one of {MARGINS}")
+    if cfg.extract_jobs < 1:
+        raise ValueError(f"dedup.extract_jobs={cfg.extract_jobs}: at least one job describes the corpus")
 
 
 def run_dedup(
@@ -179,7 +181,7 @@ def _cache_dir(cfg: DedupConfig, corpus_root: str, out_dir: str) -> Path:
     return Path(cfg.index_dir) / descriptors.corpus_fingerprint(Dataset.open(corpus_root))[:16]
 
 
-def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
+def build_describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
                cache_dir: Path, progress: bool) -> tuple[Describer | None, dict[str, Any] | None]:
     """The vector describer of `cfg.descriptor` and, for the trained copy net, its training log."""
     if cfg.descriptor == "tiny":
@@ -194,6 +196,30 @@ def _describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: 
                                             descriptors.iter_shards(dataset.train_urls(0), Counter()), progress)
         return descriptors.CopyDescriber(net, cfg.copy.input_size), log
     return None, None
+
+
+def corpus_setup(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
+                 out_dir: str, progress: bool) -> tuple[Path, int | None, Describer | None, dict[str, Any] | None,
+                                                        list[descriptors.Box], int]:
+    """(cache folder, hash size, describer, copy-net training log, corpus views, decode side) of `cfg`: what
+    the corpus pass and each shard-range job (`describe_corpus_part`) describe the corpus with."""
+    hash_size = cfg.hash_size if cfg.use_hash else None
+    cache_dir = _cache_dir(cfg, corpus_root, out_dir)
+    describer, training = build_describer(cfg, trunk_init, model_cfg, seed, corpus_root, cache_dir, progress)
+    boxes = view_boxes(cfg.view_fractions, cfg.view_grid) if describer else [FULL_VIEW]
+    # One decode side for every descriptor setting, so switching tiny <-> cnn keeps the cached hashes.
+    side = decode_side(hash_size, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions, default=1.0))
+    return cache_dir, hash_size, describer, training, boxes, side
+
+
+def describe_corpus_part(corpus_root: str, out_dir: str, cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig,
+                         part: int, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Job `part` of `cfg.extract_jobs`: describe its range of corpus shards for a later `run_dedup`."""
+    _check(cfg)
+    cache_dir, hash_size, describer, _, boxes, side = corpus_setup(cfg, trunk_init, model_cfg, seed, corpus_root,
+                                                                   out_dir, progress)
+    return descriptors.describe_part(corpus_root, cache_dir / descriptors.CACHE_NAME, part, cfg.extract_jobs,
+                                     hash_size, describer, boxes, side, cfg.batch_size, progress)
 
 
 def best_orientation(vectors: np.ndarray, index: ViewIndex, orientations: int, cfg: DedupConfig
@@ -227,13 +253,9 @@ def _run_dedup(
     tests = find_test_images(benchmark_root)
     if not tests:
         raise ValueError(f"{benchmark_root}: no test images of {', '.join(BENCHMARKS)}")
-    hash_size = cfg.hash_size if cfg.use_hash else None
-    cache_dir = _cache_dir(cfg, corpus_root, out_dir)
-    describer, training = _describer(cfg, trunk_init, model_cfg, seed, corpus_root, cache_dir, progress)
-    boxes = view_boxes(cfg.view_fractions, cfg.view_grid) if describer else [FULL_VIEW]
+    setup = corpus_setup(cfg, trunk_init, model_cfg, seed, corpus_root, out_dir, progress)
+    cache_dir, hash_size, describer, training, boxes, side = setup
     queries = [FULL_VIEW, FLIP_VIEW] if cfg.query_flip else [FULL_VIEW]
-    # One decode side for every descriptor setting, so switching tiny <-> cnn keeps the cached hashes.
-    side = decode_side(hash_size, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions, default=1.0))
     corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, cache_dir / descriptors.CACHE_NAME, hash_size,
                                                          describer, boxes, side, cfg.batch_size, progress)
     if not corpus.keys:

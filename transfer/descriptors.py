@@ -9,6 +9,10 @@ Corpus descriptors are computed in one streaming pass over the training shards (
 never the decoded images) and cached in `corpus_descriptors.npz` next to the dedup output. Each part of the
 cache (hashes, tiny, cnn) carries the fingerprint of what it depends on, views included, so a second run with
 the same settings reuses it and a run with, say, a new trunk recomputes only that part.
+
+A large corpus is described by several jobs (`dedup.extract_jobs`): `describe_part` describes one contiguous
+range of shards into `parts/` next to the cache; when every range is there with the wanted settings,
+`corpus_descriptors` assembles them (in shard order) instead of making its own pass.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from transfer.copydetect import describe_batch, gem
 
 VERSION = 2  # bump when a descriptor's definition changes, so old caches are not reused
 CACHE_NAME = "corpus_descriptors.npz"
+PARTS_DIR = "parts"  # next to the cache: one file per shard range described by its own job
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image's width and height
 FULL_VIEW: Box = (0.0, 0.0, 1.0, 1.0)
 FLIP_VIEW: Box = (1.0, 0.0, 0.0, 1.0)  # x runs right to left: the mirror image (ViewSampler handles it as any box)
@@ -317,11 +322,7 @@ def corpus_descriptors(
     """
     dataset = Dataset.open(corpus_root)
     cache_path = Path(cache_path)
-    want: dict[str, Any] = {"hashes": None if hash_size is None else {"hash_size": hash_size, "side": side}}
-    if describer is not None:
-        # JSON round trip: the spec compares equal to the one read back from the cache (tuples become lists)
-        want[describer.kind] = json.loads(json.dumps({**describer.spec, "side": side, "views": len(boxes),
-                                                      "boxes": [list(b) for b in boxes]}))
+    want = _wanted(hash_size, describer, boxes, side)
     wanted = [part for part, spec in want.items() if spec is not None]
     fresh: dict[str, Any] = {"version": VERSION, "corpus": corpus_fingerprint(dataset), "parts": {}, "skipped": {}}
     meta, have = fresh, {}
@@ -334,12 +335,16 @@ def corpus_descriptors(
     if todo:
         skipped: Counter[str] = Counter()
         started = time.perf_counter()
-        computed = describe(
-            iter_shards(dataset.train_urls(0), skipped),
-            hash_size if "hashes" in todo else None,
-            describer if describer is not None and describer.kind in todo else None,
-            boxes, side, batch_size, total=dataset.train_samples(0), desc="corpus descriptors", progress=progress,
-        )
+        computed = _assemble_parts(cache_path, fresh["corpus"], want, len(dataset.train_urls(0)), len(boxes))
+        info["assembled_parts"] = computed is not None
+        if computed is None:
+            computed = describe(
+                iter_shards(dataset.train_urls(0), skipped),
+                hash_size if "hashes" in todo else None,
+                describer if describer is not None and describer.kind in todo else None,
+                boxes, side, batch_size, total=dataset.train_samples(0), desc="corpus descriptors",
+                progress=progress,
+            )
         seconds = time.perf_counter() - started
         if "keys" in have and have["keys"].tolist() != computed.keys:
             # Same fingerprint but other images decoded: distrust the cache and describe everything afresh.
@@ -352,10 +357,93 @@ def corpus_descriptors(
             meta["parts"][part] = want[part]
         meta["skipped"] = dict(skipped)
         _save_cache(cache_path, meta, have)
-        info = {"seconds": round(seconds, 3), "images_per_second": round(len(computed.keys) / max(seconds, 1e-9), 1)}
+        info.update(seconds=round(seconds, 3), images_per_second=round(len(computed.keys) / max(seconds, 1e-9), 1))
     result = Descriptors(have["keys"].tolist(), have["hashes"] if want["hashes"] else None,
                          have[describer.kind] if describer is not None else None, len(boxes),
                          Counter(meta["skipped"]))
     status = "miss" if len(todo) == len(wanted) else "partial" if todo else "hit"
     return result, {"images": len(result.keys), "views": len(boxes), "skipped": dict(meta["skipped"]),
                     "cache": status, "fingerprint": meta["corpus"], **info}
+
+
+def _wanted(hash_size: int | None, describer: Describer | None, boxes: Sequence[Box], side: int) -> dict[str, Any]:
+    """The settings each cache part (hashes, and the describer's kind) must have been computed with."""
+    want: dict[str, Any] = {"hashes": None if hash_size is None else {"hash_size": hash_size, "side": side}}
+    if describer is not None:
+        # JSON round trip: the spec compares equal to the one read back from the cache (tuples become lists)
+        want[describer.kind] = json.loads(json.dumps({**describer.spec, "side": side, "views": len(boxes),
+                                                      "boxes": [list(b) for b in boxes]}))
+    return want
+
+
+def shard_range(num_shards: int, part: int, parts: int) -> tuple[int, int]:
+    """Shards [start, stop) of job `part` of `parts`: contiguous ranges, sizes differing by at most one."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}: must be in 0..{parts - 1}")
+    return num_shards * part // parts, num_shards * (part + 1) // parts
+
+
+def _part_path(cache_path: Path, start: int, stop: int) -> Path:
+    return cache_path.parent / PARTS_DIR / f"{cache_path.stem}-{start:06d}-{stop:06d}.npz"
+
+
+def describe_part(corpus_root: str | Path, cache_path: str | Path, part: int, parts: int, hash_size: int | None,
+                  describer: Describer | None, boxes: Sequence[Box], side: int, batch_size: int,
+                  progress: bool = True) -> dict[str, Any]:
+    """Describe job `part` of `parts`'s range of training shards into its part file (kept if already there with
+    the same settings); returns the range, its images and whether the file was reused."""
+    dataset = Dataset.open(corpus_root)
+    urls = dataset.train_urls(0)
+    start, stop = shard_range(len(urls), part, parts)
+    path = _part_path(Path(cache_path), start, stop)
+    want = _wanted(hash_size, describer, boxes, side)
+    meta = {"version": VERSION, "corpus": corpus_fingerprint(dataset), "want": want, "range": [start, stop]}
+    cached = _load_cache(path)
+    if cached is not None and {k: v for k, v in cached[0].items() if k != "skipped"} == meta:
+        return {"range": [start, stop], "images": len(cached[1]["keys"]), "cache": "hit"}
+    skipped: Counter[str] = Counter()
+    computed = describe(iter_shards(urls[start:stop], skipped), hash_size, describer, boxes, side, batch_size,
+                        desc=f"corpus descriptors, shards {start}-{stop}", progress=progress)
+    skipped.update(computed.skipped)
+    arrays = {"keys": np.array(computed.keys, dtype=str)}
+    if computed.hashes is not None:
+        arrays["hashes"] = computed.hashes
+    if computed.vectors is not None:
+        arrays["vectors"] = computed.vectors
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_cache(path, {**meta, "skipped": dict(skipped)}, arrays)
+    return {"range": [start, stop], "images": len(computed.keys), "cache": "miss"}
+
+
+def _assemble_parts(cache_path: Path, corpus: str, want: dict[str, Any], num_shards: int,
+                    views: int) -> Descriptors | None:
+    """The descriptors of the whole corpus from part files that tile [0, num_shards) with the wanted settings;
+    None when they do not (missing, stale, or none at all)."""
+    by_start: dict[int, list[tuple[int, dict[str, int], dict[str, np.ndarray]]]] = {}
+    for path in sorted((cache_path.parent / PARTS_DIR).glob(f"{cache_path.stem}-*.npz")):
+        cached = _load_cache(path)
+        if cached is None:
+            continue
+        meta, arrays = cached
+        if meta.get("version") == VERSION and meta.get("corpus") == corpus and meta.get("want") == want:
+            start, stop = meta["range"]
+            by_start.setdefault(start, []).append((stop, meta.get("skipped", {}), arrays))
+    # walk from shard 0, each step taking the longest part that starts where the last one stopped (parts left
+    # from an earlier run with another job count may overlap; any contiguous chain is the same data)
+    found, position = [], 0
+    while position < num_shards:
+        if position not in by_start:
+            return None
+        stop, counts, arrays = max(by_start[position], key=lambda item: item[0])
+        found.append((stop, counts, arrays))
+        position = stop
+    skipped: Counter[str] = Counter()
+    for _, counts, _ in found:
+        skipped.update(counts)
+    keys = [key for _, _, arrays in found for key in arrays["keys"].tolist()]
+    out = Descriptors(keys, views=views, skipped=skipped)
+    if want["hashes"] is not None:
+        out.hashes = np.concatenate([arrays["hashes"] for _, _, arrays in found])
+    if len(want) > 1:
+        out.vectors = np.concatenate([arrays["vectors"] for _, _, arrays in found])
+    return out

@@ -21,7 +21,15 @@ from transfer.config import TransferConfig
 from webly.config import ConfigError, WeblyConfig, compose, group_options, to_yaml
 from webly.control import cancel_jobs, status_text
 from webly.experiment import experiment_dir, run_experiment
-from webly.jobs import dedup_job, pretrain_job, report_job, shards_job, synth_job, transfer_job
+from webly.jobs import (
+    dedup_job,
+    describe_job,
+    pretrain_job,
+    report_job,
+    shards_job,
+    synth_job,
+    transfer_job,
+)
 from webly.launch import array_id, submit, submit_batch, wait
 
 COMMANDS: dict[str, str] = {
@@ -231,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dedup":
             reference = (cfg.transfer.init, trunk_model_config(cfg.transfer.init, cfg.model))
             out = Path(cfg.work_dir) / "dedup" / Path(cfg.experiment.bench.root).name
+            parts = cfg.experiment.dedup.extract_jobs
+            if parts > 1:  # the corpus pass as one job per range of shards (one array on Slurm) first
+                described = _run_sweep([cfg], "describe", describe_job, [(cfg, reference, str(out), p)
+                                                                         for p in range(parts)])
+                failed = [r for r in described if isinstance(r, Exception)]
+                if failed:
+                    raise SystemExit(f"[webly] {len(failed)} of {parts} describe jobs failed (logs above)")
             result = _run(cfg, "dedup", dedup_job, (cfg, reference, str(out)))
             print(f"[webly] dedup: {result['per_benchmark']}\n[webly] manifest: {out / 'dedup.json'}")
             if result.get("audit"):

@@ -1,4 +1,4 @@
-"""A scaling study as stages of jobs: data -> pretrain -> dedup -> transfer -> report.
+"""A scaling study as stages of jobs: data -> pretrain -> [describe] -> dedup -> transfer -> report.
 
 The grid of `experiment.grid` (data sizes x models x heads x seeds, then tasks x modes) becomes one list of
 stage specs per stage. Each stage's jobs go through submitit; a stage starts when the one before it is done
@@ -147,6 +147,18 @@ def dedup_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_dir: Path) -> 
                  _done_when(dedup_dir, jobs.dedup_stage_config(cfg, reference)))]
 
 
+def describe_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_dir: Path) -> list[Spec]:
+    """With dedup.extract_jobs > 1: one job per range of corpus shards, describing it for the dedup job (nothing
+    to do once the dedup stage is done)."""
+    parts = cfg.experiment.dedup.extract_jobs
+    if not cells or parts <= 1:
+        return []
+    reference = jobs.dedup_reference(cells)
+    dedup_done = _done_when(dedup_dir, jobs.dedup_stage_config(cfg, reference))
+    return [Spec("describe", f"describe-{part}", jobs.describe_job, (cfg, reference, str(dedup_dir), part), dedup_done)
+            for part in range(parts)]
+
+
 def report_specs(cfg: WeblyConfig) -> list[Spec]:
     return [Spec("report", "report", jobs.report_job, (cfg, str(experiment_dir(cfg))))]
 
@@ -224,6 +236,7 @@ def _run_staged(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]
     stage("pretrain", pretrain_specs(cells))
     done_cells = [c for c in cells if is_done(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))]
     dedup_dir = experiment_dir(cfg) / "dedup"
+    _raise_failures(stage("describe", describe_specs(cfg, done_cells, dedup_dir)), "describe")
     _raise_failures(stage("dedup", dedup_specs(cfg, done_cells, dedup_dir)), "dedup")
     stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
     _raise_failures(stage("report", report_specs(cfg)), "report")
@@ -239,6 +252,7 @@ def _run_chained(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]
     plan = [
         ("data", data_specs(cfg)),
         ("pretrain", pretrain_specs(cells)),
+        ("describe", describe_specs(cfg, cells, dedup_dir)),
         ("dedup", dedup_specs(cfg, cells, dedup_dir)),
         ("transfer", transfer_specs(cfg, cells, dedup_dir / "dedup.json")),
         ("report", report_specs(cfg)),
@@ -277,6 +291,8 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
     exp = experiment_dir(cfg)
     exp.mkdir(parents=True, exist_ok=True)
     wanted = set(cfg.experiment.stages)
+    if "dedup" in wanted:
+        wanted.add("describe")  # the dedup stage's corpus pass, when split into jobs (dedup.extract_jobs)
     started = time.perf_counter()
     outcome = _run_chained(cfg, wanted) if cfg.launcher.name == "slurm" else _run_staged(cfg, wanted)
     failures = {

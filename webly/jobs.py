@@ -175,6 +175,15 @@ def dedup_job(args: tuple[WeblyConfig, tuple[str, ModelConfig], str]) -> dict[st
     return result
 
 
+def describe_job(args: tuple[WeblyConfig, tuple[str, ModelConfig], str, int]) -> dict[str, Any]:
+    """One of `dedup.extract_jobs` jobs describing a range of corpus shards (the dedup job assembles them)."""
+    from transfer.dedup import describe_corpus_part
+
+    cfg, reference, out_dir, part = args
+    return describe_corpus_part(cfg.data.root, out_dir, dedup_settings(cfg), reference[0], reference[1], part,
+                                progress=cfg.logging.progress)
+
+
 def transfer_job(cfg: TransferConfig) -> dict[str, Any]:
     return run_transfer(cfg)
 

@@ -22,7 +22,8 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("study")
     overrides = [f"work_dir={root / 'runs'}", f"data.root={root / 'data'}", f"experiment.bench.root={root / 'bench'}",
-                 "experiment=tiny", "logging.wandb.mode=disabled"]
+                 "experiment=tiny", "logging.wandb.mode=disabled",
+                 "experiment.dedup.extract_jobs=2"]  # the corpus described by 2 jobs, assembled by the dedup job
     first = run_experiment(compose([*overrides, "experiment.stages=[data,pretrain]"]))
     exp = experiment_dir(compose(overrides))
     pretrain_files = _mtimes(exp / "pretrain")
@@ -42,6 +43,8 @@ def test_interrupted_study_resumes_without_redoing_stages(study: dict) -> None:
     stages_submitted = [job["stage"] for job in study["second_jobs"]]
     assert "pretrain" not in stages_submitted and "data" not in stages_submitted
     assert {"dedup", "transfer", "report"} <= set(stages_submitted)
+    assert stages_submitted.count("describe") == 2
+    assert read_json(exp / "dedup" / "dedup.json")["corpus"]["assembled_parts"] is True
     assert _mtimes(exp / "pretrain") == study["pretrain_files"]
     assert second["failures"] == {}
 

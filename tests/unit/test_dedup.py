@@ -330,6 +330,36 @@ def test_corpus_cache_is_reused_and_refreshed_per_part(world: dict, monkeypatch:
     assert rebuilt["corpus"]["cache"] == "miss" and rebuilt["flagged"] == first["flagged"]
 
 
+def test_corpus_described_by_shard_range_jobs_is_assembled(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = _run(world, world["out"].parent / "whole")
+    out = world["out"].parent / "parts"
+    split = DedupConfig(extract_jobs=2)
+    parts = [dedup.describe_corpus_part(str(world["corpus"]), str(out), split, "", MODEL, part, progress=False)
+             for part in range(2)]
+    assert [p["range"] for p in parts] == [[0, 1], [1, 2]] and [p["images"] for p in parts] == [100, 100]
+    again = dedup.describe_corpus_part(str(world["corpus"]), str(out), split, "", MODEL, 1, progress=False)
+    assert again["cache"] == "hit"
+
+    def no_corpus_pass(*args, **kwargs):
+        raise AssertionError("the corpus was described again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(descriptors, "iter_shards", no_corpus_pass)
+        assembled = _run(world, out, split)
+    assert assembled["corpus"]["assembled_parts"] is True and assembled["corpus"]["images"] == 200
+    assert assembled["flagged"] == whole["flagged"]
+    cache = np.load(out / descriptors.CACHE_NAME)
+    assert np.array_equal(cache["tiny"], np.load(world["out"].parent / "whole" / descriptors.CACHE_NAME)["tiny"])
+
+    # a missing range: the dedup job makes its own pass rather than use half a corpus
+    lonely = world["out"].parent / "one_part"
+    dedup.describe_corpus_part(str(world["corpus"]), str(lonely), split, "", MODEL, 0, progress=False)
+    assert _run(world, lonely, split)["corpus"]["assembled_parts"] is False
+    assert descriptors.shard_range(10, 2, 3) == (6, 10)
+    with pytest.raises(ValueError, match="part 3 of 3"):
+        descriptors.shard_range(10, 3, 3)
+
+
 def test_bad_settings_are_refused(world: dict) -> None:
     with pytest.raises(ValueError, match="descriptor"):
         _run(world, world["out"].parent / "bad", DedupConfig(descriptor="sift"))
@@ -337,6 +367,8 @@ def test_bad_settings_are_refused(world: dict) -> None:
         _run(world, world["out"].parent / "bad", DedupConfig(descriptor="", use_hash=False))
     with pytest.raises(ValueError, match="margin"):
         _run(world, world["out"].parent / "bad", DedupConfig(margin="lowe"))
+    with pytest.raises(ValueError, match="extract_jobs=0"):
+        _run(world, world["out"].parent / "bad", DedupConfig(extract_jobs=0))
 
 
 def test_flagged_ids_rejects_other_json(tmp_path: Path) -> None:
