@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from pretrain.vocab import OOV_TAG, Vocabulary
 
 VERSION = 1  # bump when the recipe changes, so old caches are not reused
 AUTO_TOKENS = 1_000_000  # head.vectors_epochs=0: passes enough for this many tag occurrences
+IN_MEMORY_IMAGES = 2_000_000  # tag lists held in memory for word2vec's passes up to this many images
 
 
 @dataclass
@@ -82,12 +83,20 @@ def train_word2vec(lists: TagLists, dim: int, epochs: int, seed: int) -> dict[st
     from gensim.models import Word2Vec
 
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    lengths = [len(tags) for tags in lists.ids()]
+    held: list[list[str]] = []
+    corpus: Iterable[list[str]] = held
+    lengths = []
+    for tags in lists:  # a corpus that fits is held in memory: word2vec's passes then skip the tar reading
+        lengths.append(len(tags))
+        if corpus is held:
+            held.append(tags)
+            if len(held) > IN_MEMORY_IMAGES:
+                corpus, held = lists, []
     # one worker: gensim is deterministic for a seed only single-threaded
     model = Word2Vec(vector_size=dim, window=max(max(lengths, default=1), 2), min_count=1, sg=1, negative=5,
                      workers=1, seed=seed, shrink_windows=False)
-    model.build_vocab(corpus_iterable=lists)
-    model.train(corpus_iterable=lists, total_examples=model.corpus_count, epochs=epochs or auto_epochs(sum(lengths)))
+    model.build_vocab(corpus_iterable=corpus)
+    model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=epochs or auto_epochs(sum(lengths)))
     return {word: model.wv[word] for word in model.wv.index_to_key}
 
 

@@ -118,6 +118,7 @@ class SearchConfig:
     corpus: str = ""  # dataset root searched; empty: data.root
     out: str = ""  # results folder; empty: <work_dir>/search/<query>
     batch_size: int = 256  # corpus images embedded per batch
+    instance_weight: float = 0.7  # image queries: weight of the tiny-image (copy) cosine against the semantic one
     index: IndexConfig = field(default_factory=IndexConfig)
     thumb: int = 96  # contact-sheet tile side, pixels
 

@@ -1,9 +1,9 @@
 """An embedding-head run as a joint image / text encoder: images and tag words land in one vector space.
 
 Images go through the exported trunk (`trunk.pt`) and the head's projection (`embedding.pt`); a text query of
-one or more tags is the mean of their unit tag vectors. Both come out L2-normalised, so an inner product is a
-cosine, and the image side plugs into transfer.descriptors as a describer (kind "embed"), whose corpus pass and
-cache the search index reuses.
+one or more tags is the mean of their unit tag vectors, so an inner product is the head's own tag score (mean
+over the query's tags). The image side plugs into transfer.descriptors as a describer (kind "embed"), whose
+corpus pass and cache the search index reuses.
 """
 
 from __future__ import annotations
@@ -61,9 +61,8 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_images(self, images: torch.Tensor) -> np.ndarray:
-        """uint8 (or 0..255 float) N x 3 x S x S images -> N x D unit vectors."""
-        features = self.trunk(to_float(images))
-        return F.normalize(F.linear(features, self.weight, self.bias), dim=1).numpy()
+        """uint8 (or 0..255 float) N x 3 x S x S images -> N x D points e, as the head scores them (e . v_t)."""
+        return F.linear(self.trunk(to_float(images)), self.weight, self.bias).numpy()
 
     def tag_ids(self, words: list[str]) -> list[int]:
         """Vocabulary ids of tag words (normalised as the corpus's tags are); an unknown one raises, with the
@@ -79,18 +78,18 @@ class Embedder:
         return ids
 
     def embed_text(self, words: list[str]) -> np.ndarray:
-        """The unit mean of the words' tag vectors (1 x D)."""
+        """The mean of the words' unit tag vectors (1 x D): its inner product with an image's point is the mean
+        of the head's scores of those tags."""
         if not words:
             raise ValueError("a text query needs at least one tag")
-        mean = self.vectors[self.tag_ids(words)].mean(dim=0, keepdim=True)
-        return F.normalize(mean, dim=1).numpy()
+        return self.vectors[self.tag_ids(words)].mean(dim=0, keepdim=True).numpy()
 
     def describer(self) -> ImageEmbedding:
         return ImageEmbedding(self)
 
 
 class ImageEmbedding:
-    """The embedder's image side as a transfer.descriptors describer: views (B x s x s x 3) -> unit vectors."""
+    """The embedder's image side as a transfer.descriptors describer: views (B x s x s x 3) -> points e."""
 
     kind = "embed"
 

@@ -1,12 +1,15 @@
 """`webly search`: the corpus searched in the tag-vector space of an embedding-head run, as DeViSE served it.
 
 Every training image of the corpus is embedded once (trunk + projection, transfer.embedder) by the corpus pass of
-transfer.descriptors, which caches the vectors by corpus and model fingerprint; the vectors go into the FAISS
-index of transfer.index (exact inner product, or IVF-PQ beyond `index.flat_max_images`). Three kinds of query:
+transfer.descriptors, which caches the vectors by corpus and model fingerprint; the vectors go into FAISS
+indexes of transfer.index (exact inner product, or IVF-PQ beyond `index.flat_max_images`). Three kinds of query:
 
-- text: one or more tag words, the unit mean of their tag vectors (held-out zero-shot tags work too);
-- image (reverse search): an image file or a corpus key, embedded like the corpus;
-- gallery completion: the unit mean of several images' embeddings (the gallery's own corpus images left out).
+- text: one or more tag words, the mean of their tag vectors, ranked by the head's own score e . v (held-out
+  zero-shot tags work too);
+- image (reverse search): an image file or a corpus key, ranked by cosine in the tag-vector space mixed with
+  de-duplication's tiny-image descriptor (`search.instance_weight`), so an edited copy finds its original first
+  and semantically close images follow;
+- gallery completion: the mean of several images' joined vectors (the gallery's own corpus images left out).
 
 Results go to `results.json` (rank, key, score, the result's tags) and `contact_sheet.png` (query, then results).
 """
@@ -28,8 +31,8 @@ from PIL import Image, ImageDraw
 from pretrain.atomic import atomic_write, atomic_write_json
 from pretrain.loader import IMAGE_KEYS
 from pretrain.shards import Dataset
-from transfer.config import IndexConfig, SearchConfig
-from transfer.descriptors import CACHE_NAME, FULL_VIEW, corpus_descriptors, describe
+from transfer.config import DedupConfig, IndexConfig, SearchConfig
+from transfer.descriptors import CACHE_NAME, FULL_VIEW, TinyImage, corpus_descriptors, describe
 from transfer.embedder import Embedder
 from transfer.index import ViewIndex, load_or_build
 
@@ -41,39 +44,69 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SearchIndex:
+    """Two FAISS indexes over the corpus: `text` holds the head's points e (inner product = the head's tag score),
+    `image` the unit points joined with the instance descriptor, weighted so that an inner product is
+    (1 - w) cos(e, e') + w cos(tiny, tiny')."""
+
     embedder: Embedder
     corpus: str
     keys: list[str]
-    index: ViewIndex
+    text: ViewIndex
+    image: ViewIndex
+    instance: TinyImage
+    instance_weight: float
     summary: dict[str, Any]
 
     @classmethod
     def build(cls, embedder: Embedder, corpus_root: str | Path, cache_dir: str | Path,
-              settings: IndexConfig | None = None, batch_size: int = 256, progress: bool = True) -> SearchIndex:
-        """Embed the corpus (or read the cached embeddings) and index them."""
-        describer = embedder.describer()
-        cache_dir = Path(cache_dir)
-        found, info = corpus_descriptors(corpus_root, cache_dir / CACHE_NAME, None, describer, [FULL_VIEW],
-                                         embedder.image_size, batch_size, progress)
+              settings: IndexConfig | None = None, batch_size: int = 256, progress: bool = True,
+              instance_weight: float = 0.7) -> SearchIndex:
+        """Embed and describe the corpus (or read both from the cache) and index them."""
+        if not 0.0 <= instance_weight <= 1.0:
+            raise ValueError(f"search.instance_weight={instance_weight}: must be in [0, 1]")
+        settings, cache_dir = settings or IndexConfig(), Path(cache_dir)
+        dedup = DedupConfig()  # the instance descriptor is de-duplication's, with its settings
+        instance = TinyImage(dedup.tiny_size, dedup.chroma_weight)
+        parts, info = {}, {}
+        for describer in (embedder.describer(), instance):
+            found, info[describer.kind] = corpus_descriptors(corpus_root, cache_dir / CACHE_NAME, None, describer,
+                                                             [FULL_VIEW], embedder.image_size, batch_size, progress)
+            parts[describer.kind] = found.vectors
         if not found.keys:
             raise ValueError(f"{corpus_root}: no corpus image could be embedded ({dict(found.skipped)})")
-        meta = {"corpus": info["fingerprint"], "spec": describer.spec}
-        index, index_info = load_or_build(cache_dir, meta, found.vectors, 1, settings or IndexConfig())
-        return cls(embedder, str(corpus_root), found.keys, index, {"embeddings": info, "index": index_info})
+        spec = {"corpus": info["embed"]["fingerprint"], "embed": embedder.describer().spec}
+        text, text_info = load_or_build(cache_dir, {**spec, "index": "text"}, parts["embed"], 1, settings)
+        joined = join(parts["embed"], parts["tiny"], instance_weight)
+        image, image_info = load_or_build(cache_dir, {**spec, "index": "image", "tiny": instance.spec,
+                                                      "weight": instance_weight}, joined, 1, settings)
+        return cls(embedder, str(corpus_root), found.keys, text, image, instance, instance_weight,
+                   {"descriptors": info, "text_index": text_info, "image_index": image_info})
 
-    def search(self, query: np.ndarray, k: int, exclude: set[str] | None = None) -> list[dict[str, Any]]:
-        """The k corpus images nearest to the (1 x D) query, best first, without the keys in `exclude`."""
-        exclude = exclude or set()
-        scores, ids = self.index.search(self.index.reduce(_unit(query)), min(k + len(exclude), len(self.keys)))
+    def _search(self, index: ViewIndex, query: np.ndarray, k: int, exclude: set[str]) -> list[dict[str, Any]]:
+        scores, ids = index.search(index.reduce(query), min(k + len(exclude), len(self.keys)))
         hits = [(self.keys[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         hits = [(key, score) for key, score in hits if key not in exclude][:k]
         return [{"rank": rank, "key": key, "score": round(score, 6)} for rank, (key, score) in enumerate(hits, 1)]
 
-    def embed_encoded(self, items: list[tuple[str, bytes]]) -> np.ndarray:
-        """Encoded images -> N x D unit vectors, embedded exactly as the corpus was."""
-        found = describe(items, None, self.embedder.describer(), [FULL_VIEW], self.embedder.image_size,
-                         batch_size=len(items), progress=False, strict=True)
-        return _unit(found.vectors)
+    def search_text(self, words: list[str], k: int) -> list[dict[str, Any]]:
+        """The k corpus images the head scores highest for the tags (mean score), best first."""
+        return self._search(self.text, self.embedder.embed_text(words), k, set())
+
+    def search_images(self, items: list[tuple[str, bytes]], k: int, exclude: set[str] | None = None
+                      ) -> list[dict[str, Any]]:
+        """The k corpus images nearest to the mean of the encoded images' joined vectors (one image: reverse
+        search; several: gallery completion), without the keys in `exclude`."""
+        embedded = describe(items, None, self.embedder.describer(), [FULL_VIEW], self.embedder.image_size,
+                            batch_size=len(items), progress=False, strict=True).vectors
+        described = describe(items, None, self.instance, [FULL_VIEW], self.embedder.image_size,
+                             batch_size=len(items), progress=False, strict=True).vectors
+        query = join(embedded, described, self.instance_weight).mean(axis=0, keepdims=True)
+        return self._search(self.image, query, k, exclude or set())
+
+
+def join(embedded: np.ndarray, described: np.ndarray, weight: float) -> np.ndarray:
+    """[sqrt(1 - w) unit(e), sqrt(w) unit(tiny)]: inner products mix the two cosines with weights 1 - w and w."""
+    return np.concatenate([np.sqrt(1 - weight) * _unit(embedded), np.sqrt(weight) * _unit(described)], axis=1)
 
 
 def fetch_samples(corpus_root: str | Path, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -152,27 +185,27 @@ def run_search(cfg: SearchConfig, corpus_root: str | Path, out_dir: str | Path, 
     """Run the one query `cfg` holds against the corpus; writes results.json and contact_sheet.png in out_dir."""
     given = [name for name, value in (("text", cfg.text), ("image", cfg.image), ("gallery", cfg.gallery)) if value]
     if len(given) != 1:
-        raise ValueError(f"search: give exactly one of search.text, search.image, search.gallery (got {given or 'none'})")
+        raise ValueError("search: give exactly one of search.text, search.image, search.gallery "
+                         f"(got {given or 'none'})")
     if not cfg.run:
         raise ValueError("search.run is empty: name a finished pretraining run with head=embedding")
     if cfg.k < 1:
         raise ValueError(f"search.k={cfg.k}: ask for at least one result")
     embedder = Embedder.from_run(cfg.run)
-    index = SearchIndex.build(embedder, corpus_root, cache_dir, cfg.index, cfg.batch_size, progress)
+    index = SearchIndex.build(embedder, corpus_root, cache_dir, cfg.index, cfg.batch_size, progress,
+                              cfg.instance_weight)
     queries: list[tuple[str, bytes]] = []
     if cfg.text:
         words = [w.strip() for w in cfg.text.split(",") if w.strip()]
-        vector, exclude = embedder.embed_text(words), set()
+        results = index.search_text(words, cfg.k)
         query: dict[str, Any] = {"kind": "text", "tags": words,
                                  "zero_shot": [w for w in words if embedder.tag_ids([w])[0] in embedder.heldout]}
     else:
         items = [cfg.image] if cfg.image else list(cfg.gallery)
         loaded = query_images(items, corpus_root)
-        vector = index.embed_encoded([(name, data) for name, data, _ in loaded]).mean(axis=0, keepdims=True)
-        exclude = {name for name, _, is_key in loaded if is_key}
         queries = [(name, data) for name, data, _ in loaded]
+        results = index.search_images(queries, cfg.k, {name for name, _, is_key in loaded if is_key})
         query = {"kind": given[0], "items": items}
-    results = index.search(vector, cfg.k, exclude)
     samples = fetch_samples(corpus_root, [r["key"] for r in results])
     for result in results:
         result["tags"] = samples[result["key"]]["tags"]

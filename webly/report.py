@@ -164,7 +164,8 @@ def _dedup_section(exp_dir: Path, rows: list[TransferRow], corpus_root: str, out
     return lines + audit_link + [""]
 
 
-def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str = "", bench_root: str = "") -> dict[str, Any]:
+def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str = "",
+                 bench_root: str = "") -> dict[str, Any]:
     """Write `report/` under the experiment directory: results.csv, pretrain.csv, fits.csv, plots, report.md.
     With `bench_root`, embedding-head runs also classify its classes zero-shot."""
     exp_dir = Path(exp_dir)
