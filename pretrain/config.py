@@ -90,7 +90,8 @@ class HeadConfig:
     vectors_cache: str = ""  # folder of cached tag vectors; empty: <data.root>/tag_vectors (run_dir if read-only)
     zeroshot_tags: list[str] = field(default_factory=list)  # tags held out of training, predicted zero-shot
     zeroshot_count: int = 0  # or: hold out this many, drawn (seeded) from zeroshot_pool
-    zeroshot_pool: str = "concepts"  # concepts (whole synthweb concepts: name + synonyms) | vocab (any tag)
+    zeroshot_pool: str = "auto"  # concepts (whole synthweb concepts: name + synonyms) | vocab (any tag) | auto
+    # (concepts on a synthweb corpus, else vocab)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pretrain.loader import TaggedImageStream, make_loader
 from pretrain.tags import normalize_tag
 from pretrain.vocab import OOV_TAG, Vocabulary
 
-POOLS = ("concepts", "vocab")
+POOLS = ("auto", "concepts", "vocab")
 SELECTION_SEED = "zeroshot"  # the held-out set depends on the corpus only: every run of a grid holds out the same
 
 
@@ -41,8 +41,9 @@ def heldout_tags(cfg: HeadConfig, vocab: Vocabulary, manifest: dict[str, Any], r
     if cfg.zeroshot_count <= 0:
         return []
     rng = random.Random(f"{SELECTION_SEED}-{len(vocab)}")
-    if cfg.zeroshot_pool == "concepts":
-        concepts = manifest.get("synth", {}).get("concepts")
+    concepts = manifest.get("synth", {}).get("concepts")
+    pool = cfg.zeroshot_pool if cfg.zeroshot_pool != "auto" else "concepts" if concepts else "vocab"
+    if pool == "concepts":
         if not concepts:
             raise ValueError(f"head.zeroshot_pool=concepts needs a synthweb corpus ({Path(root) / 'manifest.json'} "
                              "lists no synth.concepts); use head.zeroshot_pool=vocab or head.zeroshot_tags")
@@ -51,7 +52,7 @@ def heldout_tags(cfg: HeadConfig, vocab: Vocabulary, manifest: dict[str, Any], r
         picked = rng.sample(concepts, cfg.zeroshot_count)
         words = [w for c in picked for w in (c["name"], *c["synonyms"])]  # the whole concept: name and synonyms
         return sorted({vocab.index[w] for w in words if w in vocab.index})
-    if cfg.zeroshot_pool == "vocab":
+    if pool == "vocab":
         candidates = [i for i, tag in enumerate(vocab.tags) if tag != OOV_TAG]
         if cfg.zeroshot_count >= len(candidates):
             raise ValueError(f"head.zeroshot_count={cfg.zeroshot_count}: the vocabulary has {len(candidates)} tags")

@@ -108,7 +108,9 @@ def test_heldout_selection(tmp_path: Path) -> None:
     whole = heldout_tags(HeadConfig(zeroshot_count=1), vocab, manifest)
     assert whole in ([1, 2], [4])  # a concept goes with its synonyms
     assert heldout_tags(HeadConfig(zeroshot_count=2), vocab, manifest) == [1, 2, 4]
+    assert heldout_tags(HeadConfig(zeroshot_count=2, zeroshot_pool="concepts"), vocab, manifest) == [1, 2, 4]
     assert len(heldout_tags(HeadConfig(zeroshot_count=3, zeroshot_pool="vocab"), vocab, manifest)) == 3
     assert heldout_tags(HeadConfig(), vocab, manifest) == []
     with pytest.raises(ValueError, match="needs a synthweb corpus"):
-        heldout_tags(HeadConfig(zeroshot_count=1), vocab, {}, tmp_path)
+        heldout_tags(HeadConfig(zeroshot_count=1, zeroshot_pool="concepts"), vocab, {}, tmp_path)
+    assert len(heldout_tags(HeadConfig(zeroshot_count=2), vocab, {})) == 2  # auto: any tag off synthweb
