@@ -19,7 +19,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("heads")
     cfg = compose([f"work_dir={root / 'runs'}", f"data.root={root / 'data'}", f"experiment.bench.root={root / 'bench'}",
                    "experiment=tiny", "logging.wandb.mode=disabled",
-                   "experiment.grid.heads=[sigmoid,softmax,embedding]", "experiment.grid.subsets=[1]", "experiment.grid.tasks=[classification]", "train.steps=60"])
+                   "experiment.grid.heads=[sigmoid,softmax,embedding]", "experiment.grid.subsets=[1]",
+                   "experiment.grid.tasks=[classification]", "train.steps=60"])
     result = run_experiment(cfg)
     return {"result": result, "exp": experiment_dir(cfg)}
 
