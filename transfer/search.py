@@ -215,6 +215,6 @@ def run_search(cfg: SearchConfig, corpus_root: str | Path, out_dir: str | Path, 
     sheet_path = atomic_write(out_dir / "contact_sheet.png", lambda handle: sheet.save(handle, format="PNG"))
     payload = {"query": query, "run": str(cfg.run), "corpus": str(corpus_root), "k": cfg.k, "results": results,
                "index": index.summary, "contact_sheet": str(sheet_path),
-               "skipped": dict(Counter(index.summary["embeddings"].get("skipped", {})))}
+               "skipped": dict(Counter(index.summary["descriptors"]["embed"].get("skipped", {})))}
     atomic_write_json(out_dir / "results.json", payload)
     return {**payload, "json": str(out_dir / "results.json")}

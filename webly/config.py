@@ -246,6 +246,10 @@ def check(cfg: WeblyConfig) -> None:
         raise ConfigError(f"data.subset={cfg.data.subset}: 1-based subset index, or 0 for all shards")
     if not 0 <= cfg.data.resample_alpha <= 1:
         raise ConfigError(f"data.resample_alpha={cfg.data.resample_alpha}: must be in [0, 1] (1 natural, 0 uniform)")
+    if cfg.head.vectors_epochs < 0 or cfg.head.zeroshot_count < 0:
+        raise ConfigError("head.vectors_epochs and head.zeroshot_count must be >= 0 (0: automatic / none)")
+    if not 0 <= cfg.search.instance_weight <= 1:
+        raise ConfigError(f"search.instance_weight={cfg.search.instance_weight}: must be in [0, 1]")
     if not 0 < cfg.data.min_scale <= 1:
         raise ConfigError(f"data.min_scale={cfg.data.min_scale}: must be in (0, 1]")
 
