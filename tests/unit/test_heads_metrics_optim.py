@@ -82,7 +82,7 @@ def test_build_head() -> None:
     assert (head.fc.in_features, head.fc.out_features, head.num_tags) == (16, 5, 5)
     assert head(torch.zeros(2, 16)).shape == (2, 5)
     with pytest.raises(ValueError,
-                       match=r"head\.name='cosine': choose one of \['sampled_softmax', 'sigmoid', 'softmax'\]"):
+                       match=r"head\.name='cosine': choose one of \['embedding', 'sampled_softmax', 'sigmoid', 'softmax'\]"):
         build_head(HeadConfig("cosine"), 16, 5)
 
 
