@@ -73,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "sigmoid"  # sigmoid | softmax | sampled_softmax
+    name: str = "sigmoid"  # sigmoid | softmax | sampled_softmax | embedding
     # sampled_softmax only:
     num_sampled: int = 1024  # S negatives drawn per batch (shared by its images)
     proposal: str = "log_uniform"  # uniform | log_uniform | frequency (count^alpha from vocab.tsv)
@@ -81,6 +81,18 @@ class HeadConfig:
     sparse_lr: float = 0.0  # peak lr of the plain-SGD row update; 0: optim.lr / (1 - optim.momentum)
     eval_chunk: int = 65536  # tags per chunk of the full-softmax evaluation path
     table_dtype: str = "float32"  # float32 | bfloat16: storage of the tag table (bf16 halves it; stochastic rounding)
+    # embedding only (pretrain.embedding_head; num_sampled, proposal and alpha choose its negatives too):
+    loss: str = "negative_sampling"  # negative_sampling (Attalos im2vec) | hinge (DeViSE's hinge rank loss)
+    margin: float = 0.1  # hinge margin
+    finetune_vectors: bool = False  # update the tag vectors (sparse rows, plain SGD) instead of freezing them
+    vectors_file: str = ""  # a word2vec / GloVe text file; empty: word2vec trained on the shards' tag lists
+    vectors_dim: int = 16  # word2vec vector size (a vectors_file sets its own)
+    vectors_epochs: int = 0  # word2vec passes over the tag lists; 0: enough for ~1M tag occurrences (5..300)
+    vectors_cache: str = ""  # folder of cached tag vectors; empty: <data.root>/tag_vectors (run_dir if read-only)
+    zeroshot_tags: list[str] = field(default_factory=list)  # tags held out of training, predicted zero-shot
+    zeroshot_count: int = 0  # or: hold out this many, drawn (seeded) from zeroshot_pool
+    zeroshot_pool: str = "auto"  # concepts (whole synthweb concepts: name + synonyms) | vocab (any tag) | auto
+    # (concepts on a synthweb corpus, else vocab)
 
 
 @dataclass

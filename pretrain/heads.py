@@ -3,7 +3,9 @@
 - sigmoid: one binary classifier per tag, cross-entropy against multi-hot targets (Sun et al. 2017, JFT);
 - softmax: one distribution over tags, cross-entropy against 1/k on each of an image's k tags
   (Mahajan et al. 2018, Instagram hashtags);
-- sampled_softmax: the same loss estimated on S sampled negatives, for millions of tags (pretrain.sampled_softmax).
+- sampled_softmax: the same loss estimated on S sampled negatives, for millions of tags (pretrain.sampled_softmax);
+- embedding: a projection into a tag-vector space with negative sampling or DeViSE's hinge rank loss, which
+  scores tags held out of training too (pretrain.embedding_head).
 Targets arrive as padded index rows (N x K, -1 = none) so that no dense N x V target tensor crosses the loader.
 """
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.config import HeadConfig
+from pretrain.embedding_head import EmbeddingHead
 from pretrain.sampled_softmax import SampledSoftmaxHead
 
 
@@ -67,14 +70,21 @@ class SoftmaxHead(LinearHead):
 
 
 HEADS: dict[str, type[nn.Module]] = {"sigmoid": SigmoidHead, "softmax": SoftmaxHead,
-                                     "sampled_softmax": SampledSoftmaxHead}
+                                     "sampled_softmax": SampledSoftmaxHead, "embedding": EmbeddingHead}
 
 
 def build_head(cfg: HeadConfig, feature_dim: int, num_tags: int, tag_counts: Sequence[int] | None = None,
-               seed: int = 0) -> nn.Module:
-    """The head `cfg` names; `tag_counts` (vocab.tsv's counts) feed the frequency proposal of sampled softmax."""
+               seed: int = 0, tag_vectors: torch.Tensor | None = None, heldout: Sequence[int] = ()) -> nn.Module:
+    """The head `cfg` names; `tag_counts` (vocab.tsv's counts) feed the frequency proposals of the sampled heads;
+    the embedding head needs its `tag_vectors` (V x D, pretrain.tagvectors) and the `heldout` (zero-shot) tags."""
     if cfg.name not in HEADS:
         raise ValueError(f"head.name={cfg.name!r}: choose one of {sorted(HEADS)}")
+    if cfg.name == "embedding":
+        if tag_vectors is None or len(tag_vectors) != num_tags:
+            raise ValueError(f"head.name=embedding needs one tag vector per tag ({num_tags}); got "
+                             f"{None if tag_vectors is None else len(tag_vectors)}")
+        return EmbeddingHead(feature_dim, tag_vectors, cfg.loss, cfg.margin, cfg.num_sampled, cfg.proposal,
+                             tag_counts, cfg.alpha, cfg.finetune_vectors, heldout, seed)
     if cfg.name == "sampled_softmax":
         return SampledSoftmaxHead(feature_dim, num_tags, cfg.num_sampled, cfg.proposal, tag_counts, cfg.alpha,
                                   seed, cfg.eval_chunk, cfg.table_dtype)

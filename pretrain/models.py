@@ -111,9 +111,9 @@ class TaggingModel(nn.Module):
 
 
 def build_model(model: ModelConfig, head: HeadConfig, num_tags: int, tag_counts: Sequence[int] | None = None,
-                seed: int = 0) -> TaggingModel:
+                seed: int = 0, tag_vectors: torch.Tensor | None = None, heldout: Sequence[int] = ()) -> TaggingModel:
     trunk = ResNetTrunk(model.depth, model.width)
-    return TaggingModel(trunk, build_head(head, trunk.feature_dim, num_tags, tag_counts, seed))
+    return TaggingModel(trunk, build_head(head, trunk.feature_dim, num_tags, tag_counts, seed, tag_vectors, heldout))
 
 
 def export_torchvision(trunk: nn.Module, fc: nn.Linear | None = None) -> dict[str, torch.Tensor]:

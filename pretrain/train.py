@@ -43,7 +43,9 @@ from pretrain.runlog import RunLogger
 from pretrain.shards import Dataset
 from pretrain.stage import write_manifest
 from pretrain.step import TrainStep, autocast_dtype
+from pretrain.tagvectors import load_tag_vectors
 from pretrain.vocab import Vocabulary
+from pretrain.zeroshot import evaluate_zeroshot, heldout_tags
 
 # checkpoint keys of the dense optimiser and of the sparse head's one (their schedulers: "optimizer" -> "scheduler")
 OPTIMIZER_KEYS = ("optimizer", "sparse_optimizer")
@@ -105,8 +107,9 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
     dataset = Dataset.open(cfg.data.root)
     vocab = Vocabulary.load(dataset.root / "vocab.tsv")
     train_urls = dataset.train_urls(cfg.data.subset)
+    head_inputs = _embedding_inputs(cfg, dataset, vocab, train_urls, info) if cfg.head.name == "embedding" else {}
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.head, len(vocab), vocab.counts, seed=cfg.train.seed).to(device)
+    model = build_model(cfg.model, cfg.head, len(vocab), vocab.counts, seed=cfg.train.seed, **head_inputs).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.train.batch_size * info.world_size * cfg.train.accumulate
@@ -246,8 +249,13 @@ def _pretrain(cfg: PretrainConfig, info: ProcessInfo, should_stop: Callable[[], 
 
     assert logger is not None
     final = run_eval()
+    if head_inputs.get("heldout"):
+        zeroshot = evaluate_zeroshot(model, dataset.heldout_urls(), vocab, head_inputs["heldout"],
+                                     cfg.data.image_size, cfg.train.batch_size, device)
+        logger.log({"step": state.step, **zeroshot})
+        final.update(zeroshot)
     fed.write_tsv(run_dir / "tag_samples.tsv", vocab)
-    outputs = _export(model, run_dir)
+    outputs = _export(model, run_dir, vocab)
     summary = {"step": state.step, "images_seen": state.images_seen * info.world_size,
                **_skip_row(state.skipped), **final, "vocab_size": len(vocab),
                "train_samples": dataset.train_samples(cfg.data.subset), "processes": info.world_size,
@@ -267,9 +275,31 @@ def _any_rank(info: ProcessInfo, flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
-def _export(model: TaggingModel, run_dir: Path) -> dict[str, str]:
-    """The trunk (+ the head as `fc`) under torchvision's key names, ready for transfer."""
+def _embedding_inputs(cfg: PretrainConfig, dataset: Dataset, vocab: Vocabulary, train_urls: list[str],
+                      info: ProcessInfo) -> dict[str, Any]:
+    """Tag vectors (built or read from the cache; rank 0 first, so the others read its cache) and held-out tags."""
+    folders = [cfg.head.vectors_cache or dataset.root / "tag_vectors", Path(cfg.run_dir)]
+    if not info.is_main and info.distributed:
+        dist.barrier()
+    vectors = load_tag_vectors(cfg.head, vocab, train_urls, folders, seed=cfg.train.seed)
+    if info.is_main and info.distributed:
+        dist.barrier()
+    if info.is_main:
+        print(f"tag vectors: {vectors.vectors.shape[1]} dimensions, {vectors.sources} (cache {vectors.cache})",
+              flush=True)
+    heldout = heldout_tags(cfg.head, vocab, dataset.manifest, dataset.root)
+    return {"tag_vectors": torch.from_numpy(vectors.vectors), "heldout": heldout}
+
+
+def _export(model: TaggingModel, run_dir: Path, vocab: Vocabulary) -> dict[str, str]:
+    """The trunk (+ the head as `fc`) under torchvision's key names, ready for transfer; an embedding head's
+    projection and tag vectors go to embedding.pt beside it."""
     fc = getattr(model.head, "fc", None)
     state = export_torchvision(model.trunk, fc if isinstance(fc, torch.nn.Linear) else None)
     path = atomic_write(run_dir / "trunk.pt", lambda handle: torch.save(state, handle))
-    return {"trunk": str(path), "checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.jsonl")}
+    outputs = {"trunk": str(path), "checkpoints": str(run_dir / "checkpoints"),
+               "metrics": str(run_dir / "metrics.jsonl")}
+    export_head = getattr(model.head, "export", None)
+    if export_head is not None:
+        outputs["embedding"] = str(export_head(run_dir, vocab.tags))
+    return outputs

@@ -108,6 +108,23 @@ class DedupConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`webly search`: the corpus searched in the tag-vector space of an embedding-head run (transfer/search.py)."""
+
+    run: str = ""  # a finished pretraining run with head=embedding
+    text: str = ""  # tag words, comma-separated: one query, the mean of their vectors ("red, circle")
+    image: str = ""  # reverse search: an image file, or a corpus key (train-00000012)
+    gallery: list[str] = field(default_factory=list)  # gallery completion: image files / corpus keys, their mean
+    k: int = 10  # results per query
+    corpus: str = ""  # dataset root searched; empty: data.root
+    out: str = ""  # results folder; empty: <work_dir>/search/<query>
+    batch_size: int = 256  # corpus images embedded per batch
+    instance_weight: float = 0.7  # image queries: weight of the tiny-image (copy) cosine against the semantic one
+    index: IndexConfig = field(default_factory=IndexConfig)
+    thumb: int = 96  # contact-sheet tile side, pixels
+
+
+@dataclass
 class ClassificationConfig:
     probe_epochs: int = 200  # linear probe: full-batch Adam epochs over the cached features
     probe_lr: float = 0.05

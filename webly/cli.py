@@ -26,6 +26,7 @@ from webly.jobs import (
     describe_job,
     pretrain_job,
     report_job,
+    search_job,
     shards_job,
     synth_job,
     transfer_job,
@@ -41,6 +42,9 @@ COMMANDS: dict[str, str] = {
     "experiment": "run or resume a whole scaling study (experiment=demo): data, pretrain, dedup, transfer, report;"
     " `webly experiment status|cancel experiment=NAME` shows or stops its jobs",
     "report": "rebuild the scaling report of an experiment (experiment=NAME)",
+    "search": "search the corpus with a head=embedding run (search.run=RUN_DIR): search.text=TAGS (text -> images),"
+    " search.image=FILE|KEY (reverse search) or search.gallery=[...] (gallery completion); writes JSON + a contact"
+    " sheet",
     "demo": "the README's demo: `webly experiment experiment=demo` (the whole study, about 10 minutes on 2 cores)",
 }
 
@@ -250,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[webly] dedup: {result['per_benchmark']}\n[webly] manifest: {out / 'dedup.json'}")
             if result.get("audit"):
                 print(f"[webly] audit report: {result['audit']}")
+        elif args.command == "search":
+            result = _run(cfg, "search", search_job)
+            for hit in result["results"]:
+                print(f"  #{hit['rank']:<3} {hit['score']:.3f}  {hit['key']}  {' '.join(hit['tags'])}")
+            print(f"[webly] search: {result['json']}\n[webly] contact sheet: {result['contact_sheet']}")
         elif args.command == "pretrain":
             result = _run(cfg, "pretrain", pretrain_job)
             print(f"[webly] pretrain: {_summary_line(result)}\n[webly] run directory: {result['run_dir']}")

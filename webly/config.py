@@ -22,12 +22,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import PretrainConfig
 from pretrain.distributed import BACKENDS
+from pretrain.embedding_head import LOSSES
 from pretrain.heads import HEADS
 from pretrain.models import ARCHITECTURES
 from pretrain.runlog import WANDB_MODES
 from pretrain.sampling import PROPOSALS
 from pretrain.step import PRECISIONS
-from transfer.config import MODES, TASKS, DedupConfig, SynthBenchConfig, TransferConfig
+from pretrain.zeroshot import POOLS
+from transfer.config import MODES, TASKS, DedupConfig, SearchConfig, SynthBenchConfig, TransferConfig
 
 GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment", "task")
 LAUNCHERS = ("local", "slurm", "debug")
@@ -96,6 +98,7 @@ class WeblyConfig(PretrainConfig):
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)  # `webly transfer`: one task, one trunk
+    search: SearchConfig = field(default_factory=SearchConfig)  # `webly search`: an embedding-head run's index
     profile: str = "tiny"  # set by the profile group: tiny | demo | paper
     work_dir: str = "runs"  # every stage's run directory goes below this
     name: str = ""  # run name; empty: derived from data, subset, model, head and seed
@@ -188,6 +191,8 @@ def check(cfg: WeblyConfig) -> None:
         ("logging.wandb.mode", cfg.logging.wandb.mode, list(WANDB_MODES)),
         ("launcher.name", cfg.launcher.name, list(LAUNCHERS)),
         ("head.proposal", cfg.head.proposal, list(PROPOSALS)),
+        ("head.loss", cfg.head.loss, list(LOSSES)),
+        ("head.zeroshot_pool", cfg.head.zeroshot_pool, list(POOLS)),
         ("train.precision", cfg.train.precision, list(PRECISIONS)),
         ("train.backend", cfg.train.backend, list(BACKENDS)),
     ]
@@ -203,6 +208,7 @@ def check(cfg: WeblyConfig) -> None:
         "train.accumulate": cfg.train.accumulate,
         "head.num_sampled": cfg.head.num_sampled,
         "head.eval_chunk": cfg.head.eval_chunk,
+        "head.vectors_dim": cfg.head.vectors_dim,
         "data.image_size": cfg.data.image_size,
         "data.shards.samples_per_shard": cfg.data.shards.samples_per_shard,
     }
@@ -240,6 +246,10 @@ def check(cfg: WeblyConfig) -> None:
         raise ConfigError(f"data.subset={cfg.data.subset}: 1-based subset index, or 0 for all shards")
     if not 0 <= cfg.data.resample_alpha <= 1:
         raise ConfigError(f"data.resample_alpha={cfg.data.resample_alpha}: must be in [0, 1] (1 natural, 0 uniform)")
+    if cfg.head.vectors_epochs < 0 or cfg.head.zeroshot_count < 0:
+        raise ConfigError("head.vectors_epochs and head.zeroshot_count must be >= 0 (0: automatic / none)")
+    if not 0 <= cfg.search.instance_weight <= 1:
+        raise ConfigError(f"search.instance_weight={cfg.search.instance_weight}: must be in [0, 1]")
     if not 0 < cfg.data.min_scale <= 1:
         raise ConfigError(f"data.min_scale={cfg.data.min_scale}: must be in (0, 1]")
 

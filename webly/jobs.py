@@ -202,9 +202,27 @@ def transfer_group_job(cfgs: list[TransferConfig]) -> dict[str, Any]:
     return results
 
 
+def search_dirs(cfg: WeblyConfig) -> tuple[str, Path, Path]:
+    """(corpus root, results folder, index cache folder) of `webly search`: the index is kept per run and corpus."""
+    from transfer.search import query_name
+
+    corpus = cfg.search.corpus or cfg.data.root
+    base = Path(cfg.work_dir) / "search"
+    out = Path(cfg.search.out) if cfg.search.out else base / f"{Path(cfg.search.run).name}-{query_name(cfg.search)}"
+    return corpus, out, base / "index" / f"{Path(cfg.search.run).name}-{Path(corpus).name}"
+
+
+def search_job(cfg: WeblyConfig) -> dict[str, Any]:
+    """Text, reverse-image or gallery search of the corpus with an embedding-head run (transfer/search.py)."""
+    from transfer.search import run_search
+
+    corpus, out, cache = search_dirs(cfg)
+    return run_search(cfg.search, corpus, out, cache, progress=cfg.logging.progress)
+
+
 def report_job(args: tuple[WeblyConfig, str]) -> dict[str, Any]:
     """Collect the experiment's results into the scaling report."""
     from webly.report import build_report
 
     cfg, exp_dir = args
-    return build_report(exp_dir, cfg.logging.wandb, cfg.data.root)
+    return build_report(exp_dir, cfg.logging.wandb, cfg.data.root, cfg.experiment.bench.root)

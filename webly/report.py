@@ -19,6 +19,7 @@ from pretrain.atomic import atomic_write, atomic_write_text, read_json
 from pretrain.config import WandbConfig
 from pretrain.runlog import resolve_wandb_mode
 from webly.results import PRIMARY, PretrainRow, TransferRow, pretrain_rows, transfer_rows, write_csv
+from webly.zeroshot_report import zeroshot_section
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Fit:
     mode: str
     model: str
     depth: int
+    head: str
     test_set: str  # full | dedup
     slope: float  # metric gained per tenfold more pretraining data
     low: float  # 95% bootstrap interval of the slope
@@ -53,17 +55,17 @@ def fit_log_linear(
 
 
 def scaling_fits(rows: list[TransferRow]) -> list[Fit]:
-    groups: dict[tuple[str, str, str, int], list[TransferRow]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, int, str], list[TransferRow]] = defaultdict(list)
     for row in rows:
         if row.init == "pretrained" and row.metric == PRIMARY.get(row.task):
-            groups[(row.task, row.mode, row.model, row.depth)].append(row)
+            groups[(row.task, row.mode, row.model, row.depth, row.head)].append(row)
     fits = []
-    for (task, mode, model, depth), group in sorted(groups.items()):
+    for (task, mode, model, depth, head), group in sorted(groups.items()):
         for test_set in ("full", "dedup"):
             sizes = [r.data_size for r in group]
             values = [getattr(r, test_set) for r in group]
             slope, low, high = fit_log_linear(sizes, values)
-            fits.append(Fit(task, mode, model, depth, test_set, slope, low, high, len(group)))
+            fits.append(Fit(task, mode, model, depth, head, test_set, slope, low, high, len(group)))
     return fits
 
 
@@ -84,23 +86,27 @@ def plot_task(task: str, rows: list[TransferRow], path: Path) -> Path:
     metric = PRIMARY[task]
     mine = [r for r in rows if r.task == task and r.metric == metric]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, model in enumerate(
-        sorted({r.model for r in mine}, key=lambda m: min(r.depth for r in mine if r.model == m))
-    ):
+    models = sorted({r.model for r in mine}, key=lambda m: min(r.depth for r in mine if r.model == m))
+    several_heads = len({r.head for r in mine if r.init == "pretrained"}) > 1
+    lines = [(m, h) for m in models for h in sorted({r.head for r in mine if r.model == m and r.init == "pretrained"})]
+    for i, (model, head) in enumerate(lines):
         colour = f"C{i}"
+        name = f"{model} {head}" if several_heads else model
         for test_set, style in (("full", "-o"), ("dedup", ":x")):
             points = _mean_by(
-                [r for r in mine if r.model == model and r.init == "pretrained"],
+                [r for r in mine if r.model == model and r.head == head and r.init == "pretrained"],
                 lambda r: r.data_size,
                 lambda r, t=test_set: getattr(r, t),
             )
             if points:
                 sizes = sorted(points)
-                label = f"{model} ({'de-duplicated test' if test_set == 'dedup' else 'full test'})"
+                label = f"{name} ({'de-duplicated test' if test_set == 'dedup' else 'full test'})"
                 ax.plot(sizes, [points[s] for s in sizes], style, color=colour, label=label)
+    for i, model in enumerate(models):
         random = [r.full for r in mine if r.model == model and r.init == "random"]
         if random:
-            ax.axhline(float(np.mean(random)), color=colour, linestyle="--", linewidth=1, label=f"{model} random init")
+            ax.axhline(float(np.mean(random)), color=f"C{len(lines) + i}", linestyle="--", linewidth=1,
+                       label=f"{model} random init")
     ax.set_xscale("log")
     ax.set_xlabel("pretraining images")
     ax.set_ylabel(metric)
@@ -158,8 +164,10 @@ def _dedup_section(exp_dir: Path, rows: list[TransferRow], corpus_root: str, out
     return lines + audit_link + [""]
 
 
-def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str = "") -> dict[str, Any]:
-    """Write `report/` under the experiment directory: results.csv, pretrain.csv, fits.csv, plots, report.md."""
+def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str = "",
+                 bench_root: str = "") -> dict[str, Any]:
+    """Write `report/` under the experiment directory: results.csv, pretrain.csv, fits.csv, plots, report.md.
+    With `bench_root`, embedding-head runs also classify its classes zero-shot."""
     exp_dir = Path(exp_dir)
     out = exp_dir / "report"
     pretrained = pretrain_rows(exp_dir)
@@ -178,6 +186,7 @@ def build_report(exp_dir: str | Path, wandb_cfg: WandbConfig, corpus_root: str =
         "",
     ]
     lines += _pretrain_section(pretrained)
+    lines += zeroshot_section(exp_dir, pretrained, bench_root)
     lines += _dedup_section(exp_dir, rows, corpus_root, out)
     lines += _task_sections(rows, fits, plots, out)
     report_md = atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
@@ -206,14 +215,18 @@ def _task_sections(rows: list[TransferRow], fits: list[Fit], plots: dict[str, Pa
         lines += [f"## {task} ({metric})", "", f"![{task}]({plot.relative_to(out)})", ""]
         for mode in sorted({r.mode for r in mine}):
             subset = [r for r in mine if r.mode == mode]
-            models = sorted({(r.depth, r.model) for r in subset})
+            # a column per pretrained (model, head); a model with only random-init runs gets one of its own
+            columns = sorted({(r.depth, r.model, r.head) for r in subset if r.init == "pretrained"})
+            pretrained_models = {m for _, m, _ in columns}
+            columns += sorted({(r.depth, r.model, "-") for r in subset if r.model not in pretrained_models})
             sizes = sorted({r.data_size for r in subset if r.init == "pretrained"})
-            header = ["images"] + [f"{m} full / dedup" for _, m in models]
+            header = ["images"] + [f"{m} {h} full / dedup" if h != "-" else f"{m} full / dedup" for _, m, h in columns]
             body = []
             for size in sizes + [0]:
                 cells = []
-                for _, model in models:
-                    hits = [r for r in subset if r.model == model and r.data_size == size]
+                for _, model, head in columns:
+                    hits = [r for r in subset if r.model == model and r.data_size == size
+                            and (r.head == head or size == 0)]
                     cells.append(
                         f"{np.mean([r.full for r in hits]):.3f} / {np.mean([r.dedup for r in hits]):.3f}"
                         if hits
@@ -226,8 +239,9 @@ def _task_sections(rows: list[TransferRow], fits: list[Fit], plots: dict[str, Pa
                 "Gain per tenfold more pretraining data (log-linear fit, 95% bootstrap interval):",
                 "",
                 _table(
-                    ["model", "test set", "slope", "interval", "points"],
-                    [[f.model, f.test_set, f.slope, f"[{f.low:.3f}, {f.high:.3f}]", f.points] for f in mode_fits],
+                    ["model", "head", "test set", "slope", "interval", "points"],
+                    [[f.model, f.head, f.test_set, f.slope, f"[{f.low:.3f}, {f.high:.3f}]", f.points]
+                     for f in mode_fits],
                 ),
                 "",
             ]

@@ -29,6 +29,12 @@ class PretrainRow:
     seed: int
     precision_at_1: float
     mAP: float
+    # embedding head with held-out tags: zero-shot F1@5 on them and a random ranking's (nan otherwise)
+    zeroshot_tags: int = 0
+    zeroshot_f1: float = float("nan")
+    zeroshot_chance_f1: float = float("nan")
+    zeroshot_precision: float = float("nan")
+    zeroshot_recall: float = float("nan")
 
 
 @dataclass
@@ -66,6 +72,11 @@ def pretrain_rows(exp_dir: Path) -> list[PretrainRow]:
                 seed=config["train"]["seed"],
                 precision_at_1=summary["eval/precision_at_1"],
                 mAP=summary["eval/mAP"],
+                zeroshot_tags=int(summary.get("zeroshot/tags", 0)),
+                zeroshot_f1=float(summary.get("zeroshot/f1_at_5", "nan")),
+                zeroshot_chance_f1=float(summary.get("zeroshot/chance_f1_at_5", "nan")),
+                zeroshot_precision=float(summary.get("zeroshot/precision_at_5", "nan")),
+                zeroshot_recall=float(summary.get("zeroshot/recall_at_5", "nan")),
             )
         )
     return rows

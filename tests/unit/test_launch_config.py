@@ -159,7 +159,9 @@ def _with(cfg: WeblyConfig, section: str, **changes) -> WeblyConfig:
 @pytest.mark.parametrize(
     ("section", "changes", "message"),
     [
-        ("head", {"name": "cosine"}, "head.name='cosine': choose one of sampled_softmax, sigmoid, softmax"),
+        ("head", {"name": "cosine"}, "head.name='cosine': choose one of embedding, sampled_softmax, sigmoid, softmax"),
+        ("head", {"loss": "triplet"}, "head.loss='triplet': choose one of negative_sampling, hinge"),
+        ("search", {"instance_weight": 1.5}, "search.instance_weight=1.5: must be in [0, 1]"),
         ("model", {"depth": 11}, "model.depth=11: choose one of 10, 18, 34, 50, 101, 152, 200"),
         ("optim", {"name": "lamb"}, "optim.name='lamb': choose one of sgd, adamw"),
         ("launcher", {"name": "k8s"}, "launcher.name='k8s': choose one of local, slurm, debug"),
@@ -226,7 +228,7 @@ def test_group_options() -> None:
     assert group_options() == {
         "data": ["folder", "synthweb"],
         "model": ["resnet101", "resnet152", "resnet18", "resnet200", "resnet34", "resnet50", "tiny", "tiny18"],
-        "head": ["sampled_softmax", "sigmoid", "softmax"],
+        "head": ["embedding", "sampled_softmax", "sigmoid", "softmax"],
         "optim": ["adamw", "sgd"],
         "launcher": ["debug", "local", "slurm"],
         "logging": ["default"],
