@@ -20,10 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 from pretrain.optim import sparse_parameters
 
 
-def _all_gather_padded(tensor: torch.Tensor, count: int, counts: list[int]) -> torch.Tensor:
-    """Every rank's first counts[r] rows of `tensor` (count of them here), concatenated in rank order."""
+def _all_gather_padded(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Every rank's `tensor` (counts[r] rows on rank r), concatenated in rank order."""
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
-    padded[:count] = tensor
+    padded[:len(tensor)] = tensor
     gathered = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(gathered, padded)
     return torch.cat([rows[:n] for rows, n in zip(gathered, counts, strict=True)])
@@ -42,8 +42,8 @@ def average_sparse_grad(param: nn.Parameter) -> None:
     counts = [torch.zeros_like(count) for _ in range(world_size)]
     dist.all_gather(counts, count)
     counts_list = [int(c.item()) for c in counts]
-    all_rows = _all_gather_padded(rows, len(rows), counts_list)
-    all_values = _all_gather_padded(values, len(rows), counts_list) / world_size
+    all_rows = _all_gather_padded(rows, counts_list)
+    all_values = _all_gather_padded(values, counts_list) / world_size
     param.grad = torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values, param.shape).coalesce().to(param.dtype)
 
 

@@ -50,7 +50,7 @@ class SparseRowSGD(torch.optim.Optimizer):
                     continue
                 state = self.state[param]
                 state["step"] = int(state.get("step", 0)) + 1
-                grad = param.grad.coalesce() if param.grad.is_sparse else param.grad.to_sparse().coalesce()
+                grad = param.grad.coalesce()  # sparse: only nn.Embedding(sparse=True) weights come here
                 rows, values = grad.indices()[0], grad.values()
                 if param.dtype == torch.bfloat16:
                     updated = param[rows].float() - group["lr"] * values.float()
