@@ -163,6 +163,7 @@ class TransferConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     seed: int = 0
+    repeats: int = 1  # runs with seeds seed, seed+1, ...; the metrics are their mean (short dense runs are noisy)
     threads: int = 0
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)

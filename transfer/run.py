@@ -2,7 +2,8 @@
 
 It reads the de-duplication manifest (when given) to know which test images to leave out of the
 de-duplicated metrics, runs the task, and writes `result.json` and the stage manifest atomically. A run
-whose manifest says done for the same config is not redone.
+whose manifest says done for the same config is not redone. With `repeats` > 1 the task is trained once per
+seed and the metrics are averaged (the dense tasks' short runs vary by seed about as much as between trunks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pretrain.atomic import atomic_write_json, read_json
@@ -37,11 +39,34 @@ def excluded_ids(dedup_path: str) -> set[str]:
     return {entry["id"] for entry in read_json(dedup_path)["flagged"]}
 
 
+def repeated_runs(cfg: TransferConfig, excluded_test_ids: set[str]) -> dict[str, Any]:
+    """`cfg.repeats` trainings with seeds `seed`, `seed + 1`, ...: the metrics are their means, `metrics_std` their
+    standard deviations over seeds, and `runs` keeps each seed's metrics and times."""
+    module = _task_module(cfg.task)
+    runs = [module.train_and_evaluate(dataclasses.replace(cfg, seed=cfg.seed + i), excluded_test_ids)
+            for i in range(cfg.repeats)]
+    if len(runs) == 1:
+        return runs[0]
+    result = dict(runs[0])
+    result["metrics"], result["metrics_std"] = {}, {}
+    for test_set, first in runs[0]["metrics"].items():
+        values = {name: np.array([run["metrics"][test_set][name] for run in runs]) for name in first}
+        result["metrics"][test_set] = {name: float(v.mean()) for name, v in values.items()}
+        result["metrics_std"][test_set] = {name: float(v.std(ddof=1)) for name, v in values.items()}
+    for key in ("train_seconds", "eval_seconds"):
+        if key in result:
+            result[key] = sum(run[key] for run in runs)
+    result["runs"] = [{"seed": cfg.seed + i, "metrics": run["metrics"]} for i, run in enumerate(runs)]
+    return result
+
+
 def run_transfer(cfg: TransferConfig) -> dict[str, Any]:
     if cfg.task not in TASKS:
         raise ValueError(f"transfer.task={cfg.task!r}: choose one of {', '.join(TASKS)}")
     if cfg.mode not in MODES:
         raise ValueError(f"transfer.mode={cfg.mode!r}: choose one of {', '.join(MODES)}")
+    if cfg.repeats < 1:
+        raise ValueError(f"transfer.repeats={cfg.repeats}: must be at least 1")
     if not cfg.run_dir:
         raise ValueError("transfer run_dir is empty")
     run_dir = Path(cfg.run_dir)
@@ -54,7 +79,7 @@ def run_transfer(cfg: TransferConfig) -> dict[str, Any]:
                                                                    "benchmark": cfg.benchmark, "dedup": cfg.dedup})
     try:
         model = trunk_model_config(cfg.init, cfg.model)
-        result = _task_module(cfg.task).train_and_evaluate(cfg, excluded_ids(cfg.dedup))
+        result = repeated_runs(cfg, excluded_ids(cfg.dedup))
     except Exception as err:  # the manifest must not keep saying "running" for a run that died
         write_manifest(run_dir, "transfer", "failed", config, error=repr(err))
         raise

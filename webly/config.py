@@ -76,6 +76,7 @@ class TaskSettings:
     lr: float = 0.0
     batch_size: int = 0
     image_size: int = 0
+    repeats: int = 0
 
 
 @dataclass

@@ -207,6 +207,13 @@ def _pretrain_section(rows: list[PretrainRow]) -> list[str]:
     ]
 
 
+def _cell(hits: list[TransferRow]) -> str:
+    """"full / dedup" means over the cell's runs, with the spread over transfer seeds when they were repeated."""
+    full, dedup = np.mean([r.full for r in hits]), np.mean([r.dedup for r in hits])
+    spread = [r.full_std for r in hits if r.repeats > 1]
+    return f"{full:.3f} ± {np.mean(spread):.3f} / {dedup:.3f}" if spread else f"{full:.3f} / {dedup:.3f}"
+
+
 def _task_sections(rows: list[TransferRow], fits: list[Fit], plots: dict[str, Path], out: Path) -> list[str]:
     lines = []
     for task, plot in plots.items():
@@ -227,13 +234,12 @@ def _task_sections(rows: list[TransferRow], fits: list[Fit], plots: dict[str, Pa
                 for _, model, head in columns:
                     hits = [r for r in subset if r.model == model and r.data_size == size
                             and (r.head == head or size == 0)]
-                    cells.append(
-                        f"{np.mean([r.full for r in hits]):.3f} / {np.mean([r.dedup for r in hits]):.3f}"
-                        if hits
-                        else "–"
-                    )
+                    cells.append(_cell(hits) if hits else "–")
                 body.append(["random init" if size == 0 else size] + cells)
             lines += [f"Mode `{mode}`:", "", _table(header, body), ""]
+            repeats = max(r.repeats for r in subset)
+            if repeats > 1:
+                lines += [f"Each cell is the mean of {repeats} transfer seeds; ± is their standard deviation.", ""]
             mode_fits = [f for f in fits if f.task == task and f.mode == mode]
             lines += [
                 "Gain per tenfold more pretraining data (log-linear fit, 95% bootstrap interval):",

@@ -51,6 +51,8 @@ class TransferRow:
     metric: str
     full: float
     dedup: float
+    repeats: int = 1  # transfer seeds averaged into `full` and `dedup`
+    full_std: float = float("nan")  # their standard deviation over seeds (full test set)
 
 
 def pretrain_rows(exp_dir: Path) -> list[PretrainRow]:
@@ -91,6 +93,7 @@ def transfer_rows(exp_dir: Path, pretrained: list[PretrainRow]) -> list[Transfer
         source = by_run.get(init_run)
         if result["init"] != "random" and source is None:
             continue  # its pretraining run is gone or unfinished
+        spread = result.get("metrics_std", {}).get("full", {})
         for metric, full in result["metrics"]["full"].items():
             rows.append(
                 TransferRow(
@@ -106,6 +109,8 @@ def transfer_rows(exp_dir: Path, pretrained: list[PretrainRow]) -> list[Transfer
                     metric=metric,
                     full=float(full),
                     dedup=float(result["metrics"]["dedup"].get(metric, float("nan"))),
+                    repeats=len(result.get("runs", [])) or 1,
+                    full_std=float(spread.get(metric, float("nan"))),
                 )
             )
     return rows

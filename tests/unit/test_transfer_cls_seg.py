@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,35 @@ def test_a_failing_transfer_run_is_marked_failed(tmp_path: Path) -> None:
         run_transfer(cfg)
     manifest = read_json(tmp_path / "run" / "manifest.json")
     assert manifest["status"] == "failed" and "FileNotFoundError" in manifest["error"]
+
+
+def test_repeated_transfer_averages_its_seeds_and_the_report_shows_the_spread(tmp_path: Path) -> None:
+    from pretrain.atomic import read_json
+    from transfer.run import run_transfer
+    from webly.report import _cell
+    from webly.results import transfer_rows
+
+    _imagefolder(tmp_path, {"train": 8, "test": 6})
+
+    def cfg(**extra) -> TransferConfig:  # one tiny step from a random trunk: the accuracy depends on the seed
+        quick = ClassificationConfig(finetune_steps=1, finetune_lr=1e-3)
+        return dataclasses.replace(_cfg(tmp_path, "classification", "finetune", **extra), classification=quick)
+
+    singles = [classify(cfg(seed=s), set())["metrics"]["full"]["top1"] for s in (3, 4)]
+    assert singles[0] != singles[1]
+    run_dir = tmp_path / "exp" / "transfer" / "random-tiny-classification-finetune"
+    result = run_transfer(cfg(seed=3, repeats=2, run_dir=str(run_dir)))
+    assert [run["seed"] for run in result["runs"]] == [3, 4]
+    assert [run["metrics"]["full"]["top1"] for run in result["runs"]] == singles
+    assert result["metrics"]["full"]["top1"] == pytest.approx(np.mean(singles))
+    assert result["metrics_std"]["full"]["top1"] == pytest.approx(np.std(singles, ddof=1))
+    assert read_json(run_dir / "result.json")["metrics"] == result["metrics"]
+
+    rows = [r for r in transfer_rows(tmp_path / "exp", []) if r.metric == "top1"]
+    assert len(rows) == 1 and rows[0].repeats == 2
+    assert rows[0].full_std == pytest.approx(np.std(singles, ddof=1))
+    mean, spread = np.mean(singles), np.std(singles, ddof=1)
+    assert _cell(rows) == f"{mean:.3f} ± {spread:.3f} / {mean:.3f}"
+
+    with pytest.raises(ValueError, match=r"transfer.repeats=0: must be at least 1"):
+        run_transfer(cfg(repeats=0, run_dir=str(tmp_path / "bad")))
