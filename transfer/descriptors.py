@@ -51,16 +51,29 @@ LUMA_FLOOR = 1.0  # grey levels added to the luma RMS: a flat view is not blown 
 CHROMA_FLOOR = 4.0  # grey levels added to the chroma RMS: a near-grey view's JPEG colour noise stays small
 
 
-def view_boxes(fractions: Sequence[float], grid: int) -> list[Box]:
-    """The full image, then for each side fraction f a grid x grid lattice of f x f boxes spread from the top-left
-    to the bottom-right corner (grid 3: corners, edge midpoints and centre; grid 1: the centre only)."""
-    if grid < 1:
-        raise ValueError(f"view_grid={grid}: need at least one position per axis")
-    steps = [0.5] if grid == 1 else [i / (grid - 1) for i in range(grid)]
+def view_grids(fractions: Sequence[float], grid: int | Sequence[int]) -> list[int]:
+    """Positions per axis of each zoom: one value for every fraction, or one per fraction."""
+    grids = [grid] * len(fractions) if isinstance(grid, int) else list(grid)
+    if len(grids) == 1:
+        grids = grids * len(fractions)
+    if len(grids) != len(fractions):
+        raise ValueError(f"view_grid={list(grids)}: give one value for every zoom or one per view fraction "
+                         f"({len(fractions)}: {list(fractions)})")
+    if any(g < 1 for g in grids):
+        raise ValueError(f"view_grid={list(grids)}: need at least one position per axis")
+    return grids
+
+
+def view_boxes(fractions: Sequence[float], grid: int | Sequence[int]) -> list[Box]:
+    """The full image, then for each side fraction f a g x g lattice of f x f boxes spread from the top-left
+    to the bottom-right corner (g 3: corners, edge midpoints and centre; g 1: the centre only). `grid` is g for
+    every fraction or one g per fraction: the smallest zoom needs the densest lattice, since a crop's window
+    can sit anywhere in the 1 - f of slack and only the nearest lattice box meets it."""
     boxes = [FULL_VIEW]
-    for f in fractions:
+    for f, g in zip(fractions, view_grids(fractions, grid), strict=True):
         if not 0.0 < f < 1.0:
             raise ValueError(f"view fraction {f}: a zoomed view keeps a fraction in (0, 1) of each side")
+        steps = [0.5] if g == 1 else [i / (g - 1) for i in range(g)]
         for y in steps:
             for x in steps:
                 x0, y0 = x * (1 - f), y * (1 - f)
