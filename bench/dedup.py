@@ -37,14 +37,14 @@ from pretrain.synthweb.dataset import write_synthweb
 from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
-from transfer.dedup import best_orientation, build_describer
-from transfer.descriptors import FLIP_VIEW, FULL_VIEW, decode_side, describe, view_boxes
+from transfer.dedup import best_orientation, build_describer, query_views
+from transfer.descriptors import decode_side, describe, view_boxes
 from transfer.edits import HEAVY_EDITS
 from transfer.index import build_index
 
-# The settings the bench calibrates (README "heavy edits"): a third zoom level for half-area crops, mirrored
-# queries for flips.
-HEAVY = DedupConfig(view_fractions=[0.88, 0.78, 0.7], query_flip=True)
+# The settings the bench calibrates: `webly dedup`'s defaults (a dense 0.7 zoom for half-area crops, mirrored
+# queries for flips), so the bench measures what the product does.
+HEAVY = DedupConfig()
 
 
 def corpus(work: Path, images: int, heldout: int) -> Path:
@@ -57,11 +57,12 @@ def corpus(work: Path, images: int, heldout: int) -> Path:
 
 def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY) -> dict:
     describer = build_describer(cfg, "", ModelConfig(), 0, str(root), work / f"copynet-{root.name}", True)[0]
-    boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), [FULL_VIEW, FLIP_VIEW]
+    boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), query_views(cfg)
     side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
     started = time.perf_counter()
     views = "-".join(map(str, cfg.view_fractions))
-    cache = work / f"bench_descriptors-{cfg.descriptor}-{views}-grid{cfg.view_grid}-side{side}.npz"
+    grids = "-".join(map(str, descriptors.view_grids(cfg.view_fractions, cfg.view_grid)))
+    cache = work / f"bench_descriptors-{cfg.descriptor}-{views}-grid{grids}-side{side}.npz"
     corp, info = descriptors.corpus_descriptors(root, cache, None, describer, boxes, side,
                                                 cfg.batch_size, progress=False)
     index = build_index(corp.vectors, corp.views, cfg.index)
@@ -164,7 +165,8 @@ def main() -> None:
                         help="side fractions of the corpus zoom views (dedup.view_fractions)")
     parser.add_argument("--descriptor", default=HEAVY.descriptor, choices=["tiny", "copy"],
                         help="tiny: standardised tiny images; copy: the copy-detection net trained on the corpus")
-    parser.add_argument("--view-grid", type=int, default=HEAVY.view_grid, help="positions per axis of each zoom")
+    parser.add_argument("--view-grid", type=int, nargs="+", default=HEAVY.view_grid,
+                        help="positions per axis of each zoom: one for all, or one per view fraction")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
