@@ -38,9 +38,10 @@ from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
 from transfer.dedup import best_orientation, build_describer, query_views
-from transfer.descriptors import decode_side, describe, view_boxes
+from transfer.descriptors import decode_side, describe
 from transfer.edits import HEAVY_EDITS
 from transfer.index import build_index
+from transfer.views import view_boxes, view_grids
 
 # The settings the bench calibrates: `webly dedup`'s defaults (a dense 0.7 zoom for half-area crops, mirrored
 # queries for flips), so the bench measures what the product does.
@@ -61,7 +62,7 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
     side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
     started = time.perf_counter()
     views = "-".join(map(str, cfg.view_fractions))
-    grids = "-".join(map(str, descriptors.view_grids(cfg.view_fractions, cfg.view_grid)))
+    grids = "-".join(map(str, view_grids(cfg.view_fractions, cfg.view_grid)))
     cache = work / f"bench_descriptors-{cfg.descriptor}-{views}-grid{grids}-side{side}.npz"
     corp, info = descriptors.corpus_descriptors(root, cache, None, describer, boxes, side,
                                                 cfg.batch_size, progress=False)

@@ -32,9 +32,10 @@ from transfer import copydetect, descriptors
 from transfer.backbone import load_trunk, trunk_model_config
 from transfer.calibrate import run_calibration
 from transfer.config import DedupConfig, IndexConfig
-from transfer.descriptors import FLIP_VIEW, FULL_VIEW, Describer, Descriptors, decode_side, describe, view_boxes
+from transfer.descriptors import Describer, Descriptors, decode_side, describe
 from transfer.index import ViewIndex, build_index, load_or_build
 from transfer.scoring import benchmark_of, evaluate, scores  # noqa: F401  (scores: part of this module's API)
+from transfer.views import FLIP_VIEW, FULL_VIEW, Box, view_boxes
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
@@ -200,7 +201,7 @@ def build_describer(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, s
 
 def corpus_setup(cfg: DedupConfig, trunk_init: str, model_cfg: ModelConfig, seed: int, corpus_root: str,
                  out_dir: str, progress: bool) -> tuple[Path, int | None, Describer | None, dict[str, Any] | None,
-                                                        list[descriptors.Box], int]:
+                                                        list[Box], int]:
     """(cache folder, hash size, describer, copy-net training log, corpus views, decode side) of `cfg`: what
     the corpus pass and each shard-range job (`describe_corpus_part`) describe the corpus with."""
     hash_size = cfg.hash_size if cfg.use_hash else None
@@ -222,7 +223,7 @@ def describe_corpus_part(corpus_root: str, out_dir: str, cfg: DedupConfig, trunk
                                      hash_size, describer, boxes, side, cfg.batch_size, progress)
 
 
-def query_views(cfg: DedupConfig) -> list[descriptors.Box]:
+def query_views(cfg: DedupConfig) -> list[Box]:
     """The views a test image is searched by: the full image, and its mirror image with query_flip."""
     return [FULL_VIEW, FLIP_VIEW] if cfg.query_flip else [FULL_VIEW]
 

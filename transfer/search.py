@@ -32,9 +32,10 @@ from pretrain.atomic import atomic_write, atomic_write_json
 from pretrain.loader import IMAGE_KEYS
 from pretrain.shards import Dataset
 from transfer.config import DedupConfig, IndexConfig, SearchConfig
-from transfer.descriptors import CACHE_NAME, FULL_VIEW, TinyImage, corpus_descriptors, describe
+from transfer.descriptors import CACHE_NAME, TinyImage, corpus_descriptors, describe
 from transfer.embedder import Embedder
 from transfer.index import ViewIndex, load_or_build
+from transfer.views import FULL_VIEW
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

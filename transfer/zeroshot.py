@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from pretrain.atomic import atomic_write_json, read_json
-from transfer.descriptors import FULL_VIEW, describe
+from transfer.descriptors import describe
 from transfer.embedder import Embedder
+from transfer.views import FULL_VIEW
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESULT_NAME = "zeroshot_classification.json"

@@ -25,6 +25,7 @@ from pretrain.shards import Dataset
 from pretrain.synthweb.dataset import write_synthweb
 from transfer.config import DedupConfig, IndexConfig
 from transfer.index import build_index
+from transfer.views import ViewSampler, view_boxes
 
 CFG = DedupConfig()
 MODEL = ModelConfig(depth=10, width=16)
@@ -186,22 +187,22 @@ def test_orientations_are_pooled_like_views() -> None:
 
 
 def test_views_cover_zooms_and_resample_as_pil_does() -> None:
-    boxes = descriptors.view_boxes([0.5], 3)
+    boxes = view_boxes([0.5], 3)
     assert len(boxes) == 10 and boxes[0] == (0.0, 0.0, 1.0, 1.0)
     assert boxes[1] == (0.0, 0.0, 0.5, 0.5) and boxes[5] == (0.25, 0.25, 0.75, 0.75) and boxes[9] == (0.5, 0.5, 1, 1)
-    assert descriptors.view_boxes([0.8, 0.6], 1)[1:] == [(0.1, 0.1, 0.9, 0.9), (0.2, 0.2, 0.8, 0.8)]
+    assert view_boxes([0.8, 0.6], 1)[1:] == [(0.1, 0.1, 0.9, 0.9), (0.2, 0.2, 0.8, 0.8)]
     with pytest.raises(ValueError, match="fraction"):
-        descriptors.view_boxes([1.0], 3)
+        view_boxes([1.0], 3)
     # one grid per zoom: 0.88 on 3 x 3 positions, 0.7 on 5 x 5 (steps of 0.075)
-    dense = descriptors.view_boxes([0.88, 0.7], [3, 5])
+    dense = view_boxes([0.88, 0.7], [3, 5])
     assert len(dense) == 1 + 9 + 25 and dense[10] == (0.0, 0.0, 0.7, 0.7) and dense[11] == (0.075, 0.0, 0.775, 0.7)
-    assert descriptors.view_boxes([0.88, 0.7], [3]) == descriptors.view_boxes([0.88, 0.7], 3)
+    assert view_boxes([0.88, 0.7], [3]) == view_boxes([0.88, 0.7], 3)
     with pytest.raises(ValueError, match=r"view_grid=\[3, 5\].*one per view fraction"):
-        descriptors.view_boxes([0.88, 0.78, 0.7], [3, 5])
+        view_boxes([0.88, 0.78, 0.7], [3, 5])
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8))
-    boxes = descriptors.view_boxes([0.88, 0.78], 3)
+    boxes = view_boxes([0.88, 0.78], 3)
     for size in (12, 64):  # down- and upsampling
-        views = descriptors.ViewSampler(boxes, size)(np.asarray(image))
+        views = ViewSampler(boxes, size)(np.asarray(image))
         pil = np.stack([np.asarray(image.resize((size, size), Image.BILINEAR, box=(x0 * 80, y0 * 48, x1 * 80, y1 * 48)))
                         for x0, y0, x1, y1 in boxes])
         assert views.shape == (19, size, size, 3) and np.abs(views - pil).max() <= 1.0  # PIL rounds to uint8
