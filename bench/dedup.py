@@ -1,14 +1,16 @@
 """De-duplication bench: our calibrated dedup vs imagededup's PHash on planted heavy edits, and the scale run.
 
     .venv/bin/python bench/dedup.py [--work /tmp/webly-dedup-bench] [--corpus 2000] [--copies 300]
-                                    [--scale-corpus 200000] [--scale-queries 10000] [--skip-scale] [--chain 1]
+                                    [--scale-corpus 200000] [--scale-queries 10000] [--skip-scale]
+                                    [--chain 1] [--seeds 0 1]
 
 1. A synthweb corpus (`--corpus` training images, `--heldout` held-out ones) is generated once under --work.
 2. Calibration (seed 0): `--copies` heavy-edit copies of corpus images + as many edited held-out images; the
    margin threshold is chosen for precision >= --target. Evaluation (seed 1): a disjoint planted set of the
-   same size; precision/recall of our dedup at that threshold, recall per edit. `--chain K` > 1 puts every
-   planted copy and negative of both sets through K distinct heavy edits in sequence (SSCD-style chains);
-   recall is then also reported per combination of edits (order ignored) for both methods.
+   same size; precision/recall of our dedup at that threshold, recall per edit. `--seeds 1 0` swaps the two
+   sets. `--chain K` > 1 puts every planted copy and negative of both sets through K distinct heavy edits in
+   sequence (SSCD-style chains); recall is then reported per combination of edits (order ignored), with
+   PHash's recall on the same combinations.
 3. imagededup's PHash on the same evaluation set (its hashes, Hamming distance to the nearest corpus hash),
    swept over thresholds: its recall at the highest threshold whose precision is >= ours. Its CNN method is
    not run: every model it ships (MobileNetV3, ViT, EfficientNet) loads ImageNet weights from the internet.
@@ -57,7 +59,8 @@ def corpus(work: Path, images: int, heldout: int) -> Path:
     return root
 
 
-def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY) -> dict:
+def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY,
+         seeds: tuple[int, int] = (0, 1)) -> dict:
     describer = build_describer(cfg, "", ModelConfig(), 0, str(root), work / f"copynet-{root.name}", True)[0]
     boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), query_views(cfg)
     side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
@@ -78,10 +81,10 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
         return margin, t1 - t0, time.perf_counter() - t1
 
     plant = cfg.calibration
-    cal_items, cal_truth, _ = calibration_set(str(root), copies, plant.edits, 0, plant.chain)
+    cal_items, cal_truth, _ = calibration_set(str(root), copies, plant.edits, seeds[0], plant.chain)
     cal_margin = margins(cal_items)[0]
     chosen = calibrate([i for i, _ in cal_items], cal_margin, cal_truth, target, cfg.margin_threshold)
-    items, truth, _ = calibration_set(str(root), copies, plant.edits, 1, plant.chain)
+    items, truth, _ = calibration_set(str(root), copies, plant.edits, seeds[1], plant.chain)
     ids = [i for i, _ in items]
     margin, describe_s, search_s = margins(items)
     at = calibrate(ids, margin, truth, 2.0, chosen["threshold"])  # target 2: unreachable, keep the threshold
@@ -174,6 +177,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chain", type=int, default=1,
                         help="heavy edits per planted image, distinct, in sequence (1: one edit each)")
+    parser.add_argument("--seeds", type=int, nargs=2, default=[0, 1], metavar=("CALIBRATE", "EVALUATE"),
+                        help="seeds of the calibration and evaluation sets (1 0: the same two sets, swapped)")
     parser.add_argument("--scale-corpus", type=int, default=200_000)
     parser.add_argument("--scale-queries", type=int, default=10_000)
     parser.add_argument("--skip-scale", action="store_true")
@@ -197,7 +202,7 @@ def main() -> None:
     root = corpus(work, args.corpus, args.heldout)
     settings = replace(HEAVY, view_fractions=args.view_fractions, view_grid=args.view_grid,
                        descriptor=args.descriptor, calibration=replace(HEAVY.calibration, chain=args.chain))
-    mine = ours(root, work, args.copies, args.target, settings)
+    mine = ours(root, work, args.copies, args.target, settings, tuple(args.seeds))
     theirs = imagededup_phash(root, mine.pop("items"), mine.pop("truth"), mine["precision"])
     mine.pop("source_ids")
     if args.chain > 1:  # where our misses are, next to PHash's recall on the same combinations
@@ -205,7 +210,7 @@ def main() -> None:
         mine["per_combination"] = combos
         mine["misses"] = {k: {"ours": r["recall"], "phash": phash[k]["recall"], "planted": r["planted"]}
                           for k, r in sorted(combos.items(), key=lambda kv: kv[1]["recall"]) if r["recall"] < 1}
-    result = {"chain": args.chain, "ours": mine, "imagededup_phash": theirs,
+    result = {"chain": args.chain, "seeds": args.seeds, "ours": mine, "imagededup_phash": theirs,
               "recall_ratio": round(mine["recall"] / max(theirs["at_equal_precision"]["recall"], 1e-9), 2)}
     print(json.dumps(result, indent=1), flush=True)
     if not args.skip_scale:
