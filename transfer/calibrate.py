@@ -54,9 +54,12 @@ def calibration_set(
     enough images)."""
     if not edits:
         raise ValueError("dedup.calibration.edits is empty: nothing to plant")
-    # A separate stream for the chains: the edit parameters of chain 1 stay what they always were.
-    names = ([edits[n % len(edits)] for n in range(copies)] if chain == 1
-             else random_chains(edits, chain, copies, np.random.default_rng([seed, chain])))
+    names = [edits[n % len(edits)] for n in range(copies)]
+    if chain != 1:  # drawn from a stream of their own: the edit parameters of chain 1 stay what they always were
+        try:
+            names = random_chains(edits, chain, copies, np.random.default_rng([seed, abs(chain)]))
+        except ValueError as err:
+            raise ValueError(f"dedup.calibration.chain={chain}: {err}") from err
     dataset = Dataset.open(corpus_root)
     skipped: Counter[str] = Counter()
     sources = _pick(iter_shards(dataset.train_urls(0), skipped), copies, dataset.train_samples(0), seed)

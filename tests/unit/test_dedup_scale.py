@@ -72,6 +72,8 @@ def test_edit_chains_are_distinct_steps_drawn_per_seed(world: dict) -> None:  # 
     assert [r["edit"] for r in other_seed] != [r["edit"] for r in truth]
     single = calibration_set(corpus, 4, HEAVY_EDITS, seed=0)[1]  # chain 1: the edits cycle, as before
     assert [r["edit"] for r in single] == list(HEAVY_EDITS[:4])
+    with pytest.raises(ValueError, match="dedup.calibration.chain=0"):
+        calibration_set(corpus, 4, HEAVY_EDITS, seed=0, chain=0)
 
 
 def test_calibration_sweep_picks_the_threshold_meeting_the_target_precision() -> None:
