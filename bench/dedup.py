@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/dedup.py [--work /tmp/webly-dedup-bench] [--corpus 2000] [--copies 300]
                                     [--scale-corpus 200000] [--scale-queries 10000] [--skip-scale]
+                                    [--chain 1] [--seeds 0 1]
 
 1. A synthweb corpus (`--corpus` training images, `--heldout` held-out ones) is generated once under --work.
 2. Calibration (seed 0): `--copies` heavy-edit copies of corpus images + as many edited held-out images; the
    margin threshold is chosen for precision >= --target. Evaluation (seed 1): a disjoint planted set of the
-   same size; precision/recall of our dedup at that threshold, recall per edit.
+   same size; precision/recall of our dedup at that threshold, recall per edit. `--seeds 1 0` swaps the two
+   sets. `--chain K` > 1 puts every planted copy and negative of both sets through K distinct heavy edits in
+   sequence (SSCD-style chains); recall is then reported per combination of edits (order ignored), with
+   PHash's recall on the same combinations.
 3. imagededup's PHash on the same evaluation set (its hashes, Hamming distance to the nearest corpus hash),
    swept over thresholds: its recall at the highest threshold whose precision is >= ours. Its CNN method is
    not run: every model it ships (MobileNetV3, ViT, EfficientNet) loads ImageNet weights from the internet.
@@ -39,7 +43,6 @@ from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
 from transfer.dedup import best_orientation, build_describer, query_views
 from transfer.descriptors import decode_side, describe
-from transfer.edits import HEAVY_EDITS
 from transfer.index import build_index
 from transfer.views import view_boxes, view_grids
 
@@ -56,7 +59,8 @@ def corpus(work: Path, images: int, heldout: int) -> Path:
     return root
 
 
-def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY) -> dict:
+def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY,
+         seeds: tuple[int, int] = (0, 1)) -> dict:
     describer = build_describer(cfg, "", ModelConfig(), 0, str(root), work / f"copynet-{root.name}", True)[0]
     boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), query_views(cfg)
     side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
@@ -76,10 +80,11 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
         margin = best_orientation(vectors, index, len(queries), cfg)[1]
         return margin, t1 - t0, time.perf_counter() - t1
 
-    cal_items, cal_truth, _ = calibration_set(str(root), copies, HEAVY_EDITS, seed=0)
+    plant = cfg.calibration
+    cal_items, cal_truth, _ = calibration_set(str(root), copies, plant.edits, seeds[0], plant.chain)
     cal_margin = margins(cal_items)[0]
     chosen = calibrate([i for i, _ in cal_items], cal_margin, cal_truth, target, cfg.margin_threshold)
-    items, truth, _ = calibration_set(str(root), copies, HEAVY_EDITS, seed=1)
+    items, truth, _ = calibration_set(str(root), copies, plant.edits, seeds[1], plant.chain)
     ids = [i for i, _ in items]
     margin, describe_s, search_s = margins(items)
     at = calibrate(ids, margin, truth, 2.0, chosen["threshold"])  # target 2: unreachable, keep the threshold
@@ -90,6 +95,16 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
             "corpus_images_per_second": info.get("images_per_second"), "corpus_seconds": round(build, 2),
             "views": len(boxes), "test_images": len(ids), "test_describe_s": round(describe_s, 3),
             "test_search_s": round(search_s, 3), "items": items, "truth": truth, "source_ids": ids}
+
+
+def by_combination(per_edit: dict[str, dict]) -> dict[str, dict]:
+    """Recall per set of edits, whatever their order ("jpeg20+crop50" and "crop50+jpeg20" together)."""
+    rows: dict[str, dict] = {}
+    for edit, row in per_edit.items():
+        total = rows.setdefault("+".join(sorted(edit.split("+"))), {"planted": 0, "found": 0})
+        total["planted"] += row["planted"]
+        total["found"] += row["found"]
+    return {k: {**r, "recall": round(r["found"] / r["planted"], 3)} for k, r in sorted(rows.items())}
 
 
 def imagededup_phash(root: Path, items: list[tuple[str, bytes]], truth: list[dict], precision: float) -> dict:
@@ -113,12 +128,14 @@ def imagededup_phash(root: Path, items: list[tuple[str, bytes]], truth: list[dic
     curve = pr_curve(-distance.astype(float), positive)  # flag when distance <= t  <=>  -distance >= -t
     ok = [p for p in curve if p["precision"] >= precision]
     best = max(ok, key=lambda p: p["recall"]) if ok else {"threshold": float("nan"), "recall": 0.0, "precision": 1.0}
+    at_best = calibrate([i for i, _ in items], -distance.astype(float), truth, 2.0, best["threshold"])
     flagged = distance <= 10  # imagededup's default max_distance_threshold
     tp = int((flagged & positive).sum())
     return {"at_equal_precision": {"max_distance": -best["threshold"], "precision": best["precision"],
                                    "recall": best["recall"]},
             "at_default_distance_10": {"precision": round(tp / max(int(flagged.sum()), 1), 4),
                                        "recall": round(tp / max(int(positive.sum()), 1), 4)},
+            "per_combination": by_combination(at_best["per_edit"]),
             "corpus_images_per_second": round(len(corpus_codes) / hash_s, 1)}
 
 
@@ -158,6 +175,10 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=300)
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chain", type=int, default=1,
+                        help="heavy edits per planted image, distinct, in sequence (1: one edit each)")
+    parser.add_argument("--seeds", type=int, nargs=2, default=[0, 1], metavar=("CALIBRATE", "EVALUATE"),
+                        help="seeds of the calibration and evaluation sets (1 0: the same two sets, swapped)")
     parser.add_argument("--scale-corpus", type=int, default=200_000)
     parser.add_argument("--scale-queries", type=int, default=10_000)
     parser.add_argument("--skip-scale", action="store_true")
@@ -180,11 +201,16 @@ def main() -> None:
         return
     root = corpus(work, args.corpus, args.heldout)
     settings = replace(HEAVY, view_fractions=args.view_fractions, view_grid=args.view_grid,
-                       descriptor=args.descriptor)
-    mine = ours(root, work, args.copies, args.target, settings)
+                       descriptor=args.descriptor, calibration=replace(HEAVY.calibration, chain=args.chain))
+    mine = ours(root, work, args.copies, args.target, settings, tuple(args.seeds))
     theirs = imagededup_phash(root, mine.pop("items"), mine.pop("truth"), mine["precision"])
     mine.pop("source_ids")
-    result = {"ours": mine, "imagededup_phash": theirs,
+    if args.chain > 1:  # where our misses are, next to PHash's recall on the same combinations
+        combos, phash = by_combination(mine.pop("per_edit")), theirs.pop("per_combination")
+        mine["per_combination"] = combos
+        mine["misses"] = {k: {"ours": r["recall"], "phash": phash[k]["recall"], "planted": r["planted"]}
+                          for k, r in sorted(combos.items(), key=lambda kv: kv[1]["recall"]) if r["recall"] < 1}
+    result = {"chain": args.chain, "seeds": args.seeds, "ours": mine, "imagededup_phash": theirs,
               "recall_ratio": round(mine["recall"] / max(theirs["at_equal_precision"]["recall"], 1e-9), 2)}
     print(json.dumps(result, indent=1), flush=True)
     if not args.skip_scale:

@@ -2,8 +2,9 @@
 
 The calibration set is made from the corpus itself: `copies` training images, each put through one heavy edit
 (transfer/edits.py HEAVY_EDITS: crop to half the area, JPEG q20, downscale to 1/4, colour jitter, overlaid text,
-flip; chains such as "crop50+jpeg20" may be listed too), are the positives; as many held-out images (never in the
-training shards: new renders of the same world) put through the same edits are the negatives. Scoring them like
+flip; chains such as "crop50+jpeg20" may be listed too, or `chain` K > 1 draws K distinct ones per image, run in
+sequence), are the positives; as many held-out images (never in the training shards: new renders of the same
+world) put through the same edits are the negatives. Scoring them like
 test images gives the precision/recall curve of the margin threshold; the threshold chosen is the one with the
 highest recall whose precision reaches the target, and it is recorded with its curve (`calibration.json`).
 """
@@ -22,7 +23,7 @@ from PIL import Image
 from pretrain.shards import Dataset
 from transfer.config import CalibrationConfig
 from transfer.descriptors import iter_shards
-from transfer.edits import apply_edit
+from transfer.edits import apply_edit, random_chains
 
 BENCHMARK = "calibration"
 CURVE_POINTS = 200  # the recorded curve is thinned to about this many thresholds
@@ -43,14 +44,22 @@ def _pick(items: Any, count: int, total: int, offset: int) -> list[tuple[str, by
 
 
 def calibration_set(
-    corpus_root: str, copies: int, edits: Sequence[str], seed: int = 0
+    corpus_root: str, copies: int, edits: Sequence[str], seed: int = 0, chain: int = 1
 ) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]], Counter[str]]:
     """(id, encoded image) of the planted copies and the edited held-out negatives, the ground truth records
-    of the copies, and counts of skipped samples. Edits cycle over `edits` so each gets the same share; `seed`
-    draws the edit parameters and offsets the images picked (seeds 0, 1, ... give disjoint sets while the
-    corpus and the held-out set hold enough images)."""
+    of the copies, and counts of skipped samples. With `chain` 1, edits cycle over `edits` so each gets the
+    same share; with `chain` K > 1, the n-th copy and the n-th negative both go through K distinct steps of
+    `edits` drawn at random (transfer/edits.py random_chains). `seed` draws the edits and their parameters and
+    offsets the images picked (seeds 0, 1, ... give disjoint sets while the corpus and the held-out set hold
+    enough images)."""
     if not edits:
-        raise ValueError("dedup.calibration_edits is empty: nothing to plant")
+        raise ValueError("dedup.calibration.edits is empty: nothing to plant")
+    names = [edits[n % len(edits)] for n in range(copies)]
+    if chain != 1:  # drawn from a stream of their own: the edit parameters of chain 1 stay what they always were
+        try:
+            names = random_chains(edits, chain, copies, np.random.default_rng([seed, abs(chain)]))
+        except ValueError as err:
+            raise ValueError(f"dedup.calibration.chain={chain}: {err}") from err
     dataset = Dataset.open(corpus_root)
     skipped: Counter[str] = Counter()
     sources = _pick(iter_shards(dataset.train_urls(0), skipped), copies, dataset.train_samples(0), seed)
@@ -63,7 +72,7 @@ def calibration_set(
     truth: list[dict[str, Any]] = []
     for kind, samples in (("copy", sources), ("new", negatives)):
         for n, (key, data) in enumerate(samples):
-            edit = edits[n % len(edits)]
+            edit = names[n]
             try:
                 image = Image.open(io.BytesIO(data)).convert("RGB")  # full size: the edit decides
             except (OSError, ValueError, SyntaxError):
@@ -141,11 +150,11 @@ def run_calibration(corpus_root: str, cfg: CalibrationConfig, fallback: float, p
     """Plant the calibration set, describe it (`describe`: items -> query vectors), score it (`margins`:
     vectors -> one margin per image) and choose the threshold; returns the record of `calibrate`."""
     started = time.perf_counter()
-    items, truth, skipped = calibration_set(corpus_root, cfg.copies, cfg.edits, cfg.seed)
+    items, truth, skipped = calibration_set(corpus_root, cfg.copies, cfg.edits, cfg.seed, cfg.chain)
     margin = margins(describe(items))
     record = calibrate([image_id for image_id, _ in items], margin, truth, cfg.target_precision, fallback)
     if progress:
         print(f"[dedup] calibration: threshold {record['threshold']} (precision {record['precision']:.3f}, "
               f"recall {record['recall']:.3f}) on {len(items)} images", flush=True)
-    return {**record, "edits": list(cfg.edits), "seed": cfg.seed, "skipped": dict(skipped),
+    return {**record, "edits": list(cfg.edits), "chain": cfg.chain, "seed": cfg.seed, "skipped": dict(skipped),
             "seconds": round(time.perf_counter() - started, 2)}

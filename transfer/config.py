@@ -66,6 +66,7 @@ class CalibrationConfig:
     target_precision: float = 0.0  # 0: off (margin_threshold as given); else choose the threshold for it
     copies: int = 200  # planted heavy-edit copies of corpus images; as many edited held-out images as negatives
     edits: list[str] = field(default_factory=lambda: list(HEAVY_EDITS))
+    chain: int = 1  # K > 1: every planted image goes through K distinct edits of `edits` in sequence
     seed: int = 0
 
 

@@ -138,6 +138,19 @@ def random_edit(rng: np.random.Generator, choices: Sequence[str] = ALL_EDITS) ->
     return str(choices[int(rng.integers(len(choices)))])
 
 
+def random_chains(steps: Sequence[str], length: int, count: int, rng: np.random.Generator) -> list[str]:
+    """`count` edit names of `length` distinct steps each, drawn from `steps` in random order and joined by "+"
+    ("jitter+crop50+jpeg20": SSCD-style augmentation chains, run left to right by apply_edit). The same rng
+    state gives the same list."""
+    pool = list(dict.fromkeys(steps))
+    unknown = [s for s in pool if s not in STEPS]
+    if unknown:
+        raise ValueError(f"edit chains are built from single steps; {unknown} are not among {STEPS}")
+    if not 1 <= length <= len(pool):
+        raise ValueError(f"edit chain length {length}: must be between 1 and the {len(pool)} distinct steps {pool}")
+    return ["+".join(pool[i] for i in rng.permutation(len(pool))[:length]) for _ in range(count)]
+
+
 def _crop_box(rng: np.random.Generator, width: int, height: int,
               area_range: tuple[float, float] = AREA_RANGE) -> tuple[int, int, int, int]:
     """An integer crop keeping `area_range` of the frame, with a mild aspect change, anywhere inside it."""

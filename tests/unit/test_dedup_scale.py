@@ -19,10 +19,10 @@ from pretrain.dupes import clusters_of, hash_all, keep_mask, summarise
 from pretrain.ingest import ingest_folder
 from tests.unit.test_dedup import MODEL, world  # noqa: F401  (the module-scoped corpus + benchmark fixture)
 from transfer.backbone import load_trunk
-from transfer.calibrate import calibrate, choose_threshold, pr_curve
+from transfer.calibrate import calibrate, calibration_set, choose_threshold, pr_curve
 from transfer.config import CopyNetConfig, DedupConfig, IndexConfig
 from transfer.copydetect import load_or_train
-from transfer.edits import HEAVY_AREA_RANGE, HEAVY_EDITS, apply_edit
+from transfer.edits import HEAVY_AREA_RANGE, HEAVY_EDITS, apply_edit, random_chains
 from transfer.index import build_index
 from webly.audit import build_audit
 from webly.cli import main
@@ -48,6 +48,32 @@ def test_heavy_edits_change_the_image_and_carry_annotations() -> None:
     assert HEAVY_AREA_RANGE[0] - 0.03 <= (x1 - x0) * (y1 - y0) / 64**2 <= HEAVY_AREA_RANGE[1] + 0.03
     assert apply_edit(image, "jpeg20", np.random.default_rng(0)).params["quality"] == 20
     assert apply_edit(image, "text", np.random.default_rng(0)).params["text"]["word"]
+
+
+def test_edit_chains_are_distinct_steps_drawn_per_seed(world: dict) -> None:  # noqa: F811
+    chains = random_chains(HEAVY_EDITS, 3, 50, np.random.default_rng(7))
+    assert chains == random_chains(HEAVY_EDITS, 3, 50, np.random.default_rng(7))
+    assert chains != random_chains(HEAVY_EDITS, 3, 50, np.random.default_rng(8))
+    steps = [c.split("+") for c in chains]
+    assert all(len(set(s)) == 3 and set(s) <= set(HEAVY_EDITS) for s in steps)
+    assert len({s[0] for s in steps}) > 3  # the order is drawn too, not fixed
+    with pytest.raises(ValueError, match="between 1 and the 6"):
+        random_chains(HEAVY_EDITS, 7, 1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="crop50\\+jpeg20"):
+        random_chains(["crop50+jpeg20", "flip"], 2, 1, np.random.default_rng(0))
+    corpus = str(world["corpus"])
+    items, truth, _ = calibration_set(corpus, 4, HEAVY_EDITS, seed=0, chain=2)
+    again, truth_again, _ = calibration_set(corpus, 4, HEAVY_EDITS, seed=0, chain=2)
+    assert items == again and truth == truth_again and len(items) == 8  # 4 copies + 4 negatives
+    for (copy_id, _), (new_id, _), record in zip(items[:4], items[4:], truth, strict=True):
+        edit = record["edit"]
+        assert len(set(edit.split("+"))) == 2 and copy_id.endswith(f"-{edit}.jpg") and new_id.endswith(f"-{edit}.jpg")
+    other_seed = calibration_set(corpus, 4, HEAVY_EDITS, seed=1, chain=2)[1]
+    assert [r["edit"] for r in other_seed] != [r["edit"] for r in truth]
+    single = calibration_set(corpus, 4, HEAVY_EDITS, seed=0)[1]  # chain 1: the edits cycle, as before
+    assert [r["edit"] for r in single] == list(HEAVY_EDITS[:4])
+    with pytest.raises(ValueError, match="dedup.calibration.chain=0"):
+        calibration_set(corpus, 4, HEAVY_EDITS, seed=0, chain=0)
 
 
 def test_calibration_sweep_picks_the_threshold_meeting_the_target_precision() -> None:
