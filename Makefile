@@ -11,19 +11,24 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint install clean
 
+# the demo needs only the runtime dependencies; the test tools (and img2dataset with its own) come with `make test`
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -e . 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, torchvision, webdataset, submitit, hydra, wandb, webly"
 	touch $@
 
-install: $(BIN)/.installed
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	touch $@
+
+install: $(BIN)/.installed-test
 
 demo: $(BIN)/.installed
 	$(BIN)/webly demo
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 
 test: lint
