@@ -73,7 +73,7 @@ def test_status_and_cancel_of_local_jobs(tmp_path: Path) -> None:
 
     cancelled = cancel_jobs(tmp_path)
     assert [r["name"] for r in cancelled] == ["sleeper"]
-    deadline = time.time() + 20
+    deadline = time.time() + 60  # a loaded machine can take a while to end the controller and its task
     while not sleeper.done() and time.time() < deadline:
         time.sleep(0.1)
     assert "CANCELLED" in next(line for line in status_text(tmp_path).splitlines() if " sleeper " in line)
