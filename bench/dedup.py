@@ -41,10 +41,10 @@ from pretrain.synthweb.dataset import write_synthweb
 from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
-from transfer.dedup import best_orientation, build_describer, query_views
-from transfer.descriptors import decode_side, describe
+from transfer.dedup import best_orientation, corpus_setup, query_views
+from transfer.descriptors import describe
 from transfer.index import build_index
-from transfer.views import view_boxes, view_grids
+from transfer.views import view_grids
 
 # The settings the bench calibrates: `webly dedup`'s defaults (a dense 0.7 zoom for half-area crops, mirrored
 # queries for flips), so the bench measures what the product does.
@@ -61,9 +61,10 @@ def corpus(work: Path, images: int, heldout: int) -> Path:
 
 def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = HEAVY,
          seeds: tuple[int, int] = (0, 1)) -> dict:
-    describer = build_describer(cfg, "", ModelConfig(), 0, str(root), work / f"copynet-{root.name}", True)[0]
-    boxes, queries = view_boxes(cfg.view_fractions, cfg.view_grid), query_views(cfg)
-    side = decode_side(None, max(cfg.tiny_size, cfg.image_size), min(cfg.view_fractions))  # as transfer/dedup.py
+    # the corpus views, decode side and describer `webly dedup` would use (no hash: the bench scores vectors)
+    product = replace(cfg, use_hash=False, index_dir=str(work / "index"))
+    _, _, describer, _, boxes, side = corpus_setup(product, "", ModelConfig(), 0, str(root), str(work), True)
+    queries = query_views(cfg)
     started = time.perf_counter()
     views = "-".join(map(str, cfg.view_fractions))
     grids = "-".join(map(str, view_grids(cfg.view_fractions, cfg.view_grid)))

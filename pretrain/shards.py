@@ -77,6 +77,15 @@ def _tags_of(encoded: bytes) -> list[str]:
     return normalize_tags(tags) if isinstance(tags, list) else []
 
 
+def stamp_files(digest: Any, paths: Iterable[str | Path]) -> Any:
+    """Feed each file's name, size and mtime to a hashlib `digest` (a cache key that changes when a shard is
+    rewritten, without reading the shards); returns the digest."""
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest
+
+
 def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardStats:
     """Write one tar shard atomically and count the normalised tags of its samples (and the skipped inputs)."""
     stats = ShardStats(path.name)

@@ -25,6 +25,7 @@ from scipy import sparse
 
 from pretrain.atomic import atomic_write
 from pretrain.config import HeadConfig
+from pretrain.shards import stamp_files
 from pretrain.tags import normalize_tag, normalize_tags, raw_sample_tags
 from pretrain.vocab import OOV_TAG, Vocabulary
 
@@ -63,9 +64,7 @@ def _fingerprint(cfg: HeadConfig, vocab: Vocabulary, urls: Sequence[str], seed: 
     digest = hashlib.sha256(json.dumps({"version": VERSION, "tags": vocab.tags, "seed": seed,
                                         "file": cfg.vectors_file, "dim": cfg.vectors_dim,
                                         "epochs": cfg.vectors_epochs}).encode())
-    for url in urls:
-        stat = Path(url).stat()
-        digest.update(f"{Path(url).name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    stamp_files(digest, urls)
     if cfg.vectors_file:
         stat = Path(cfg.vectors_file).stat()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())

@@ -38,8 +38,9 @@ from pretrain.atomic import atomic_write
 from pretrain.dupes import phash_code
 from pretrain.images import decode_rgb, to_float
 from pretrain.loader import IMAGE_KEYS
-from pretrain.shards import Dataset
+from pretrain.shards import Dataset, stamp_files
 from transfer.copydetect import describe_batch, gem
+from transfer.index import unit_rows
 from transfer.views import Box, ViewSampler
 
 VERSION = 2  # bump when a descriptor's definition changes, so old caches are not reused
@@ -75,15 +76,7 @@ def trunk_fingerprint(trunk: torch.nn.Module) -> str:
 def corpus_fingerprint(dataset: Dataset) -> str:
     """The manifest plus every training shard's name, size and mtime: any rewrite of the corpus changes it."""
     digest = hashlib.sha256((dataset.root / "manifest.json").read_bytes())
-    for url in dataset.train_urls(0):
-        stat = Path(url).stat()
-        digest.update(f"{Path(url).name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return stamp_files(digest, dataset.train_urls(0)).hexdigest()
 
 
 class TinyImage:
@@ -112,7 +105,7 @@ class TinyImage:
         # Per-element scaling by the part's size: with weight 1 both parts weigh the same in the vector.
         parts = [luma.reshape(n, -1) / math.sqrt(luma[0].size),
                  self.chroma_weight * chroma.reshape(n, -1) / math.sqrt(chroma[0].size)]
-        return _unit(np.concatenate(parts, axis=1))
+        return unit_rows(np.concatenate(parts, axis=1))
 
 
 class TrunkGrid:
@@ -143,7 +136,7 @@ class TrunkGrid:
                 pooled = gem(features, self.gem_p)
             else:
                 pooled = torch.nn.functional.adaptive_avg_pool2d(features, self.grid).flatten(1)
-        return _unit(pooled.numpy())
+        return unit_rows(pooled.numpy())
 
 
 class CopyDescriber:
@@ -156,7 +149,7 @@ class CopyDescriber:
         self.spec = {"kind": self.kind, "net": trunk_fingerprint(net), "input_size": input_size}
 
     def __call__(self, views: np.ndarray) -> np.ndarray:
-        return _unit(describe_batch(self.net, views))
+        return unit_rows(describe_batch(self.net, views))
 
 
 Describer = TinyImage | TrunkGrid | CopyDescriber

@@ -29,8 +29,10 @@ from transfer.config import IndexConfig
 SAMPLE = 200_000  # views used to fit PCA and train IVF-PQ
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero), as float32: inner products are cosines."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _sample(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
@@ -90,7 +92,7 @@ def fingerprint(descriptor_meta: dict[str, Any], settings: IndexConfig, kind: st
 def project(vectors: np.ndarray, pca: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Vectors through the PCA (matrix, bias) when there is one, L2-normalised, float32."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return _unit(vectors @ pca[0].T + pca[1]) if pca is not None else vectors
+    return unit_rows(vectors @ pca[0].T + pca[1]) if pca is not None else vectors
 
 
 def fit_pca(vectors: np.ndarray, dims: int, whiten: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,8 @@ from pretrain.shards import Dataset
 from transfer.config import DedupConfig, IndexConfig, SearchConfig
 from transfer.descriptors import CACHE_NAME, TinyImage, corpus_descriptors, describe
 from transfer.embedder import Embedder
-from transfer.index import ViewIndex, load_or_build
+from transfer.index import ViewIndex, load_or_build, unit_rows
 from transfer.views import FULL_VIEW
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -68,14 +62,14 @@ class SearchIndex:
         settings, cache_dir = settings or IndexConfig(), Path(cache_dir)
         dedup = DedupConfig()  # the instance descriptor is de-duplication's, with its settings
         instance = TinyImage(dedup.tiny_size, dedup.chroma_weight)
-        parts, info = {}, {}
-        for describer in (embedder.describer(), instance):
+        embed, parts, info = embedder.describer(), {}, {}
+        for describer in (embed, instance):
             found, info[describer.kind] = corpus_descriptors(corpus_root, cache_dir / CACHE_NAME, None, describer,
                                                              [FULL_VIEW], embedder.image_size, batch_size, progress)
             parts[describer.kind] = found.vectors
         if not found.keys:
             raise ValueError(f"{corpus_root}: no corpus image could be embedded ({dict(found.skipped)})")
-        spec = {"corpus": info["embed"]["fingerprint"], "embed": embedder.describer().spec}
+        spec = {"corpus": info["embed"]["fingerprint"], "embed": embed.spec}
         text, text_info = load_or_build(cache_dir, {**spec, "index": "text"}, parts["embed"], 1, settings)
         joined = join(parts["embed"], parts["tiny"], instance_weight)
         image, image_info = load_or_build(cache_dir, {**spec, "index": "image", "tiny": instance.spec,
@@ -107,7 +101,7 @@ class SearchIndex:
 
 def join(embedded: np.ndarray, described: np.ndarray, weight: float) -> np.ndarray:
     """[sqrt(1 - w) unit(e), sqrt(w) unit(tiny)]: inner products mix the two cosines with weights 1 - w and w."""
-    return np.concatenate([np.sqrt(1 - weight) * _unit(embedded), np.sqrt(weight) * _unit(described)], axis=1)
+    return np.concatenate([np.sqrt(1 - weight) * unit_rows(embedded), np.sqrt(weight) * unit_rows(described)], axis=1)
 
 
 def fetch_samples(corpus_root: str | Path, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -122,8 +116,7 @@ def fetch_samples(corpus_root: str | Path, keys: list[str]) -> dict[str, dict[st
                 tags = json.loads(sample.get("json", b"{}")).get("tags", [])
             except ValueError:
                 tags = []
-            found[key] = {"image": next((sample[k] for k in IMAGE_KEYS if k in sample), b""), "tags": tags,
-                          "meta": sample.get("json", b"{}")}
+            found[key] = {"image": next((sample[k] for k in IMAGE_KEYS if k in sample), b""), "tags": tags}
             if len(found) == len(wanted):
                 break
     return found
@@ -216,6 +209,6 @@ def run_search(cfg: SearchConfig, corpus_root: str | Path, out_dir: str | Path, 
     sheet_path = atomic_write(out_dir / "contact_sheet.png", lambda handle: sheet.save(handle, format="PNG"))
     payload = {"query": query, "run": str(cfg.run), "corpus": str(corpus_root), "k": cfg.k, "results": results,
                "index": index.summary, "contact_sheet": str(sheet_path),
-               "skipped": dict(Counter(index.summary["descriptors"]["embed"].get("skipped", {})))}
+               "skipped": dict(index.summary["descriptors"]["embed"].get("skipped", {}))}
     atomic_write_json(out_dir / "results.json", payload)
     return {**payload, "json": str(out_dir / "results.json")}

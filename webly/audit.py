@@ -10,7 +10,6 @@ whether the threshold sits between copies and look-alikes. Everything is read fr
 from __future__ import annotations
 
 import io
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from PIL import Image
 from pretrain.atomic import atomic_write, atomic_write_text, read_json
 from pretrain.shards import Dataset
 from transfer.descriptors import iter_shards
-from webly.results import PRIMARY, TransferRow
+from webly.results import PRIMARY, TransferRow, markdown_table
 
 GALLERY_ROWS = 6  # pairs per gallery section
 THUMB = 96  # pixels per side of a gallery thumbnail
@@ -141,14 +140,6 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], body: list[list[Any]]) -> list[str]:
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else ("–" if isinstance(v, float) else str(v))
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in body)]
-
-
 def overlap_rows(dedup: dict[str, Any], benchmark_root: str) -> list[list[Any]]:
     """(benchmark, split, test images, flagged, overlap %) per benchmark and split."""
     listing = Path(benchmark_root) / "segmentation/ImageSets/Segmentation"
@@ -191,7 +182,8 @@ def build_audit(dedup_dir: str | Path, corpus_root: str, benchmark_root: str,
              f"margin `{t.get('margin')}` >= **{_num(t.get('margin_threshold'))}**, pHash <= {t.get('hash_threshold')} "
              f"bits; index `{(dedup.get('index') or {}).get('kind', 'flat')}`.", "",
              "## Overlap with the pretraining corpus", "",
-             *_table(["benchmark", "split", "images", "flagged", "overlap %"], overlap_rows(dedup, benchmark_root)),
+             *markdown_table(["benchmark", "split", "images", "flagged", "overlap %"],
+                             overlap_rows(dedup, benchmark_root)),
              ""]
     if calibration:
         lines += ["## Calibration (held-out set, planted heavy edits)", "",
@@ -199,7 +191,7 @@ def build_audit(dedup_dir: str | Path, corpus_root: str, benchmark_root: str,
                   f"chosen for precision >= {calibration['target_precision']}: **{_num(calibration['threshold'])}** "
                   f"(precision {calibration['precision']:.3f}, recall {calibration['recall']:.3f}"
                   f"{'' if calibration['reached'] else '; target not reached, configured threshold kept'}).", "",
-                  *_table(["edit", "planted", "found", "recall"],
+                  *markdown_table(["edit", "planted", "found", "recall"],
                           [[e, v["planted"], v["found"], v["recall"]] for e, v in calibration["per_edit"].items()]),
                   ""]
     overall = (dedup.get("evaluation") or {}).get("overall")
@@ -210,7 +202,7 @@ def build_audit(dedup_dir: str | Path, corpus_root: str, benchmark_root: str,
               "## Gallery: closest pairs, and pairs just above / below the threshold", "", "![gallery](gallery.png)",
               "", "## Transfer metrics: full vs de-duplicated test set", ""]
     body = transfer_table(transfer or [])
-    lines += _table(["task", "mode", "trunk", "metric", "full", "dedup", "dedup - full"], body) if body else [
+    lines += markdown_table(["task", "mode", "trunk", "metric", "full", "dedup", "dedup - full"], body) if body else [
         "No transfer result was found next to this dedup run."]
     report = atomic_write_text(out / "audit.md", "\n".join(lines) + "\n")
     return {"audit": str(report), "gallery": str(gallery), "sweep": str(sweep)}

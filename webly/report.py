@@ -6,7 +6,6 @@ it log-linear with no saturation up to 300M), on the full and on the de-duplicat
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +17,15 @@ import numpy as np
 from pretrain.atomic import atomic_write, atomic_write_text, read_json
 from pretrain.config import WandbConfig
 from pretrain.runlog import resolve_wandb_mode
-from webly.results import PRIMARY, PretrainRow, TransferRow, pretrain_rows, transfer_rows, write_csv
+from webly.results import (
+    PRIMARY,
+    PretrainRow,
+    TransferRow,
+    markdown_table,
+    pretrain_rows,
+    transfer_rows,
+    write_csv,
+)
 from webly.zeroshot_report import zeroshot_section
 
 
@@ -120,12 +127,7 @@ def plot_task(task: str, rows: list[TransferRow], path: Path) -> Path:
 
 
 def _table(header: list[str], body: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else ("–" if isinstance(v, float) else str(v))
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in body]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, body))
 
 
 def _dedup_section(exp_dir: Path, rows: list[TransferRow], corpus_root: str, out: Path) -> list[str]:

@@ -7,6 +7,7 @@ the full and on the de-duplicated test set. The run directories are the source o
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ def transfer_rows(exp_dir: Path, pretrained: list[PretrainRow]) -> list[Transfer
                 )
             )
     return rows
+
+
+def markdown_table(header: list[str], body: list[list[Any]]) -> list[str]:
+    """A Markdown table's lines: floats to 3 decimals (nan as "–"), anything else as text."""
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else ("–" if isinstance(v, float) else str(v))
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in body)]
 
 
 def write_csv(path: Path, rows: list[Any]) -> Path:

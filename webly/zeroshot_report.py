@@ -8,16 +8,29 @@ beside chance, computed once per run and benchmark and kept in the run directory
 from __future__ import annotations
 
 import math
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic import atomic_write_text
 from transfer.zeroshot import cached_classify
-from webly.results import PretrainRow
+from webly.results import PretrainRow, markdown_table, write_csv
 
 
-def _fmt(value: float) -> str:
-    return "–" if isinstance(value, float) and math.isnan(value) else f"{value:.3f}"
+@dataclass
+class ZeroshotRow:
+    """One embedding run in report/zeroshot.csv: held-out tags at 5 and benchmark classes, each beside chance."""
+
+    run: str
+    model: str
+    images: int
+    seed: int
+    heldout_tags: int
+    precision_at_5: float
+    recall_at_5: float
+    f1_at_5: float
+    chance_f1_at_5: float
+    classes_top1: float
+    chance_top1: float
 
 
 def benchmark_zeroshot(exp_dir: Path, rows: list[PretrainRow], bench_root: str) -> dict[str, dict[str, Any]]:
@@ -40,20 +53,16 @@ def zeroshot_section(exp_dir: Path, rows: list[PretrainRow], bench_root: str = "
     if not runs:
         return []
     classified = benchmark_zeroshot(exp_dir, runs, bench_root)
-    header = ["model", "images", "seed", "held-out tags", "P@5", "R@5", "F1@5", "chance F1@5", "classes top-1",
-              "chance top-1"]
-    body, csv_lines = [], [",".join(["run", "model", "images", "seed", "heldout_tags", "precision_at_5",
-                                     "recall_at_5", "f1_at_5", "chance_f1_at_5", "classes_top1", "chance_top1"])]
+    csv_rows = []
     for r in runs:
         bench = classified.get(r.run, {})
-        top1, chance = float(bench.get("top1", math.nan)), float(bench.get("chance", math.nan))
-        values = [r.zeroshot_precision, r.zeroshot_recall, r.zeroshot_f1, r.zeroshot_chance_f1, top1, chance]
-        body.append([r.model, str(r.data_size), str(r.seed), str(r.zeroshot_tags), *map(_fmt, values)])
-        csv_lines.append(",".join([r.run, r.model, str(r.data_size), str(r.seed), str(r.zeroshot_tags),
-                                   *(f"{v:.6g}" for v in values)]))
-    atomic_write_text(exp_dir / "report" / "zeroshot.csv", "\n".join(csv_lines) + "\n")
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(row) + " |" for row in body]
+        csv_rows.append(ZeroshotRow(r.run, r.model, r.data_size, r.seed, r.zeroshot_tags, r.zeroshot_precision,
+                                    r.zeroshot_recall, r.zeroshot_f1, r.zeroshot_chance_f1,
+                                    float(bench.get("top1", math.nan)), float(bench.get("chance", math.nan))))
+    write_csv(exp_dir / "report" / "zeroshot.csv", csv_rows)
+    header = ["model", "images", "seed", "held-out tags", "P@5", "R@5", "F1@5", "chance F1@5", "classes top-1",
+              "chance top-1"]
+    table = markdown_table(header, [list(astuple(row))[1:] for row in csv_rows])
     errors = [f"- {run}: {res['error']}" for run, res in classified.items() if "error" in res]
     return ["## Zero-shot (embedding head)", "",
             "Tags held out of training, ranked among themselves for every held-out image carrying one (F1 of the "
