@@ -1,9 +1,10 @@
 """A scaling study as stages of jobs: data -> pretrain -> [describe] -> dedup -> transfer -> report.
 
 The grid of `experiment.grid` (data sizes x models x heads x seeds, then tasks x modes) becomes one list of
-stage specs per stage. Each stage's jobs go through submitit; a stage starts when the one before it is done
-(its outputs are the next one's inputs). A spec whose run directory already says done for the same config is
-not submitted again, so re-running an interrupted experiment picks up where it stopped.
+job specs per stage. Every job goes through submitit: on Slurm each stage is one job array after the one
+before; locally each job starts once the jobs it needs are done (`webly.schedule`). A spec whose run
+directory already says done for the same config is not submitted again, so re-running an interrupted
+experiment picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,14 @@ from webly import jobs
 from webly.config import WeblyConfig, load_option, run_name
 from webly.control import JOBS_FILE, record_jobs
 from webly.launch import array_id, make_executor, submit_batch
-
-
-@dataclass(eq=False)  # specs are compared by identity: their args are large configs
-class Spec:
-    """One job of a stage: what to call, on what, and how to tell it has already been done."""
-
-    stage: str
-    name: str
-    fn: Callable[..., Any]
-    arg: Any
-    done: Callable[[], bool] = lambda: False
+from webly.schedule import Spec, collect, run_graph
 
 
 def _done_when(run_dir: Path | str, config: dict[str, Any], filename: str = "manifest.json") -> Callable[[], bool]:
     return lambda: is_done(run_dir, config, filename)
+
+
+ALL_STAGES = ("data", "pretrain", "describe", "dedup", "transfer", "report")
 
 
 def experiment_dir(cfg: WeblyConfig) -> Path:
@@ -103,18 +96,21 @@ def transfer_configs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Pat
     return groups
 
 
-def transfer_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path) -> list[Spec]:
+def transfer_specs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Path,
+                   needs: Callable[[TransferConfig], list[Spec]] = lambda t: []) -> list[Spec]:
     """One job per transfer run, or (`experiment.group_transfers`) one per trunk running its tasks in turn,
-    which saves the start-up of a Python process per run on a small machine."""
+    which saves the start-up of a Python process per run on a small machine. `needs` names the specs a run
+    waits for (local runs)."""
     specs = []
     for group in transfer_configs(cfg, cells, dedup_json):
         dones = [_done_when(t.run_dir, dataclasses.asdict(t)) for t in group]
         if cfg.experiment.group_transfers:
             name = Path(group[0].run_dir).name.rsplit("-", 2)[0]
-            specs.append(Spec("transfer", name, jobs.transfer_group_job, group, lambda d=dones: all(f() for f in d)))
+            specs.append(Spec("transfer", name, jobs.transfer_group_job, group, lambda d=dones: all(f() for f in d),
+                              after=needs(group[0])))
         else:
             specs += [
-                Spec("transfer", Path(t.run_dir).name, jobs.transfer_job, t, d)
+                Spec("transfer", Path(t.run_dir).name, jobs.transfer_job, t, d, after=needs(t))
                 for t, d in zip(group, dones, strict=True)
             ]
     return specs
@@ -178,69 +174,48 @@ def _job_folder(cfg: WeblyConfig) -> Path:
     return Path(cfg.launcher.folder or experiment_dir(cfg) / "jobs")
 
 
-def _run_stage(cfg: WeblyConfig, specs: list[Spec]) -> dict[str, Any]:
-    """Run the stage's specs that are not done yet, at most `max_parallel` at once; results by spec name.
-
-    A failed job is recorded (with its log path) and does not stop the others.
-    """
-    results: dict[str, Any] = {}
-    pending = _not_done(specs, results)
-    if not pending:
-        return results
-    limit = max(1, cfg.experiment.max_parallel)
-    running: list[tuple[Spec, submitit.Job]] = []
-    with tqdm(total=len(pending), desc=f"{specs[0].stage} ({len(pending)} jobs)", unit="job") as bar:
-        try:
-            _drive(cfg, limit, pending, running, results, bar)
-        except KeyboardInterrupt:  # local jobs would outlive us: stop them, their checkpoints let a re-run resume
-            for _, job in running:
-                job.cancel(check=False)
-            raise
-    return results
-
-
-def _collect(spec: Spec, job: submitit.Job, results: dict[str, Any]) -> None:
-    try:
-        results[spec.name] = job.result()
-    except Exception as err:  # any failure of the job: keep going, report it at the end
-        results[spec.name] = err
-        tqdm.write(f"[webly] {spec.stage} {spec.name} failed; log: {job.paths.stderr}")
-
-
-def _drive(cfg: WeblyConfig, limit: int, pending: list[Spec], running: list, results: dict[str, Any],
-           bar: tqdm) -> None:
-    """Keep up to `limit` jobs running until every pending spec has finished."""
-    while pending or running:
-        while pending and len(running) < limit:
-            spec = pending.pop(0)
-            job = make_executor(cfg.launcher, _job_folder(cfg), f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
-            running.append((spec, job))
-            record_jobs(experiment_dir(cfg), spec.stage, cfg.launcher.name, [(spec.name, job)])
-        for spec, job in [r for r in running if r[1].done()]:
-            running.remove((spec, job))
-            bar.update()
-            _collect(spec, job, results)
-        time.sleep(0.2)
-
-
-def _run_staged(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """Local runs: a stage starts when the one before has ended, with the cells that did finish."""
-    outcome: dict[str, dict[str, Any]] = {}
-
-    def stage(name: str, specs: list[Spec]) -> dict[str, Any]:
-        outcome[name] = _run_stage(cfg, specs) if name in wanted and specs else {}
-        return outcome[name]
-
-    _raise_failures(stage("data", data_specs(cfg)), "data")
+def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
+    """Every spec with what it needs, in priority order: data, the dedup reference's pretraining, the dedup
+    (which every transfer needs), the other cells (deeper and larger first: longer jobs early), the transfers
+    in the same order, and the report after all of them."""
     cells = pretrain_cells(cfg)
-    stage("pretrain", pretrain_specs(cells))
-    done_cells = [c for c in cells if is_done(jobs.pretrain_run_dir(c), jobs.pretrain_stage_config(c))]
+    corpus, bench = data_specs(cfg)
+    by_dir = {str(jobs.pretrain_run_dir(c)): spec for c, spec in zip(cells, pretrain_specs(cells), strict=True)}
+    cell_spec = {c.name: by_dir[str(jobs.pretrain_run_dir(c))] for c in cells}
+    for spec in by_dir.values():
+        spec.after = [corpus]
+    # the reference trunk is the best cell done or to run now; as on Slurm, if it fails the dedup stops
+    # rather than silently taking a smaller trunk
+    candidates = cells if "pretrain" in wanted else [c for c in cells if cell_spec[c.name].done()]
+    reference = [by_dir[jobs.dedup_reference(candidates)[0]]] if candidates else []
     dedup_dir = experiment_dir(cfg) / "dedup"
-    _raise_failures(stage("describe", describe_specs(cfg, done_cells, dedup_dir)), "describe")
-    _raise_failures(stage("dedup", dedup_specs(cfg, done_cells, dedup_dir)), "dedup")
-    stage("transfer", transfer_specs(cfg, done_cells, dedup_dir / "dedup.json"))
-    _raise_failures(stage("report", report_specs(cfg)), "report")
-    return outcome
+    describe = describe_specs(cfg, candidates, dedup_dir)
+    dedup = dedup_specs(cfg, candidates, dedup_dir)
+    for spec in describe:
+        spec.after = [corpus, *reference]
+    for spec in dedup:
+        spec.after = [corpus, bench, *reference, *describe]
+    longest_first = sorted(cells, key=lambda c: (-c.model.depth, -(c.data.subset or 1 << 30)))
+    pretrain = [*reference, *(cell_spec[c.name] for c in longest_first if cell_spec[c.name] not in reference)]
+    rank = {id(spec): i for i, spec in enumerate(pretrain)}
+    transfers = transfer_specs(cfg, cells, dedup_dir / "dedup.json",
+                               needs=lambda t: [bench, *dedup, *([by_dir[t.init]] if t.init else [])])
+    transfers.sort(key=lambda s: min((rank[id(n)] for n in s.after if id(n) in rank), default=len(rank)))
+    report = report_specs(cfg)
+    for spec in report:
+        spec.after, spec.after_any = transfers, True
+    return [corpus, bench, *pretrain[:1], *describe, *dedup, *pretrain[1:], *transfers, *report]
+
+
+def _run_local(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Local runs: every job starts once what it needs is done, up to `experiment.max_parallel` at once."""
+
+    def submit(spec: Spec) -> submitit.Job:
+        job = make_executor(cfg.launcher, _job_folder(cfg), f"{spec.stage}-{spec.name}").submit(spec.fn, spec.arg)
+        record_jobs(experiment_dir(cfg), spec.stage, cfg.launcher.name, [(spec.name, job)])
+        return job
+
+    return run_graph(_local_plan(cfg, wanted), wanted, max(1, cfg.experiment.max_parallel), submit, ALL_STAGES)
 
 
 def _run_chained(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
@@ -281,7 +256,7 @@ def _run_chained(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]
     for name, pairs in submitted:
         with tqdm(total=len(pairs), desc=f"{name} ({len(pairs)} jobs)", unit="job") as bar:
             for spec, job in pairs:
-                _collect(spec, job, outcome[name])
+                collect(spec, job, outcome)
                 bar.update()
     return outcome
 
@@ -294,7 +269,7 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
     if "dedup" in wanted:
         wanted.add("describe")  # the dedup stage's corpus pass, when split into jobs (dedup.extract_jobs)
     started = time.perf_counter()
-    outcome = _run_chained(cfg, wanted) if cfg.launcher.name == "slurm" else _run_staged(cfg, wanted)
+    outcome = _run_chained(cfg, wanted) if cfg.launcher.name == "slurm" else _run_local(cfg, wanted)
     failures = {
         name: repr(r) for results in outcome.values() for name, r in results.items() if isinstance(r, Exception)
     }
@@ -308,9 +283,3 @@ def run_experiment(cfg: WeblyConfig) -> dict[str, Any]:
     atomic_write_json(exp / "experiment.json", summary)
     report = outcome.get("report", {}).get("report", {})
     return {**(report if isinstance(report, dict) else {}), **summary}
-
-
-def _raise_failures(results: dict[str, Any], stage: str) -> None:
-    failed = {name: r for name, r in results.items() if isinstance(r, Exception)}
-    if failed:
-        raise RuntimeError(f"stage {stage} failed: " + "; ".join(f"{n}: {e}" for n, e in failed.items()))
