@@ -184,3 +184,17 @@ def test_flip_swaps_left_and_right(bench: Path) -> None:
     assert torch.equal(flipped, image.flip(-1))
     back_image, back = hflip(flipped, moved, dataset.flip_index)
     assert torch.equal(back["keypoints"], target["keypoints"]) and torch.equal(back_image, image)
+
+
+def test_cached_samples_equal_fresh_ones_and_survive_callers_writing_to_them(bench: Path) -> None:
+    cached = CocoDense(bench, "test", "instance", flip=True, seed=3)
+    fresh = CocoDense(bench, "test", "instance", flip=True, seed=3, cache_mb=0)
+    for _ in range(2):  # the second pass reads the cache and draws the same flips
+        for i in range(len(fresh)):
+            (image, target), (want_image, want) = cached[i], fresh[i]
+            assert torch.equal(image, want_image)
+            assert all(torch.equal(target[k], want[k]) for k in want)
+            image.zero_()
+            target["boxes"].zero_()
+    assert len(cached.cache) == len(cached) and not fresh.cache
+    assert torch.equal(cached[0][0], fresh[0][0])
