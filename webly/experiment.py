@@ -180,13 +180,13 @@ def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
     in the same order, and the report after all of them."""
     cells = pretrain_cells(cfg)
     corpus, bench = data_specs(cfg)
-    by_dir = {str(jobs.pretrain_run_dir(c)): spec for c, spec in zip(cells, pretrain_specs(cells), strict=True)}
-    cell_spec = {c.name: by_dir[str(jobs.pretrain_run_dir(c))] for c in cells}
-    for spec in by_dir.values():
+    trained = list(zip(cells, pretrain_specs(cells), strict=True))
+    by_dir = {str(jobs.pretrain_run_dir(c)): spec for c, spec in trained}
+    for _, spec in trained:
         spec.after = [corpus]
     # the reference trunk is the best cell done or to run now; as on Slurm, if it fails the dedup stops
     # rather than silently taking a smaller trunk
-    candidates = cells if "pretrain" in wanted else [c for c in cells if cell_spec[c.name].done()]
+    candidates = cells if "pretrain" in wanted else [c for c, spec in trained if spec.done()]
     reference = [by_dir[jobs.dedup_reference(candidates)[0]]] if candidates else []
     dedup_dir = experiment_dir(cfg) / "dedup"
     describe = describe_specs(cfg, candidates, dedup_dir)
@@ -195,12 +195,12 @@ def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
         spec.after = [corpus, *reference]
     for spec in dedup:
         spec.after = [corpus, bench, *reference, *describe]
-    longest_first = sorted(cells, key=lambda c: (-c.model.depth, -(c.data.subset or 1 << 30)))
-    pretrain = [*reference, *(cell_spec[c.name] for c in longest_first if cell_spec[c.name] not in reference)]
-    rank = {id(spec): i for i, spec in enumerate(pretrain)}
+    longest_first = sorted(trained, key=lambda pair: (-pair[0].model.depth, -(pair[0].data.subset or 1 << 30)))
+    pretrain = [*reference, *(spec for _, spec in longest_first if spec not in reference)]
+    rank = {spec: i for i, spec in enumerate(pretrain)}  # specs hash by identity
     transfers = transfer_specs(cfg, cells, dedup_dir / "dedup.json",
                                needs=lambda t: [bench, *dedup, *([by_dir[t.init]] if t.init else [])])
-    transfers.sort(key=lambda s: min((rank[id(n)] for n in s.after if id(n) in rank), default=len(rank)))
+    transfers.sort(key=lambda s: min((rank[n] for n in s.after if n in rank), default=len(rank)))
     report = report_specs(cfg)
     for spec in report:
         spec.after, spec.after_any = transfers, True
