@@ -1,28 +1,35 @@
-# `make demo` and `make test` set up .venv on first use (torch from the wheel store, the project editable).
+# `make demo` and `make test` set up .venv on first use (PyTorch and the project, installed with uv).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# uv fetches and unpacks in parallel: the install takes ~35 s where pip took ~1.5 min (BENCHMARKS.md)
+UV := $(BIN)/uv
+UV_INSTALL := $(UV) pip install -q --python $(BIN)/python
 # the pip of these machines warns about every index location it skips; keep the real messages
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
-# no byte-compiling of every installed file (torch has thousands): about a minute less; what runs compiles on import
-PIP_FLAGS ?= --no-compile
+# Nothing is byte-compiled at install (torch alone has thousands of files); instead one import of what the jobs
+# use writes their .pyc, even where PYTHONDONTWRITEBYTECODE is set: without it every job process would compile
+# torch and torchvision again (~10 s each)
+WARM_IMPORTS := torch, torchvision.models.detection, webdataset, submitit, hydra, wandb, faiss, pycocotools.cocoeval, \
+	matplotlib.pyplot, webly.cli, webly.jobs, webly.report, transfer.detection, transfer.segmentation, \
+	transfer.classification, transfer.dedup
 
 .PHONY: demo test lint install clean
 
 # the demo needs only the runtime dependencies; the test tools (and img2dataset with its own) come with `make test`
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) $(TORCH) 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e . 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -c "import torch, torchvision, webdataset, submitit, hydra, wandb, webly"
+	test -x $(UV) || $(BIN)/python -m pip install -q uv 2>&1 | $(QUIET_PIP)
+	$(UV_INSTALL) $(TORCH) -e .
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import $(WARM_IMPORTS)"
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(UV_INSTALL) $(TORCH) -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed-test

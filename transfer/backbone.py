@@ -17,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from pretrain.atomic import read_json
 from pretrain.config import ModelConfig
 from pretrain.models import ResNetTrunk
+from transfer.feature_cache import CachedTrunk
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -63,9 +64,14 @@ def set_trainable(trunk: nn.Module, trainable: bool) -> None:
         param.requires_grad_(trainable)
 
 
-def fpn_backbone(trunk: ResNetTrunk, out_channels: int, trainable: bool) -> BackboneWithFPN:
-    """An FPN over layer1..layer4 of the trunk (strides 4-32, plus a max-pooled level), as torchvision builds."""
+def fpn_backbone(trunk: ResNetTrunk, out_channels: int, trainable: bool, cache_mb: float = 0.0) -> BackboneWithFPN:
+    """An FPN over layer1..layer4 of the trunk (strides 4-32, plus a max-pooled level), as torchvision builds.
+
+    A frozen trunk (`trainable` false) with `cache_mb` > 0 computes each distinct image once (`CachedTrunk`)."""
     freeze_batchnorm(trunk)
     set_trainable(trunk, trainable)
     widths = [trunk.width * 2**i * (4 if trunk.depth >= 50 else 1) for i in range(4)]
-    return BackboneWithFPN(trunk, {name: str(i) for i, name in enumerate(STAGES)}, widths, out_channels)
+    backbone = BackboneWithFPN(trunk, {name: str(i) for i, name in enumerate(STAGES)}, widths, out_channels)
+    if not trainable and cache_mb > 0:
+        backbone.body = CachedTrunk(backbone.body, cache_mb)
+    return backbone

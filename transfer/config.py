@@ -151,6 +151,7 @@ class DenseConfig:
     keypoint_channels: int = 32
     keypoint_layers: int = 2
     seg_channels: int = 32  # semantic segmentation head
+    feature_cache_mb: float = 1024.0  # frozen mode: keep the trunk's features per image up to this; 0: off
 
 
 @dataclass

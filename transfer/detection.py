@@ -174,7 +174,7 @@ def train_and_evaluate(cfg: TransferConfig, excluded_test_ids: set[str]) -> dict
     if not len(train_set):
         raise ValueError(f"{cfg.benchmark}: no training image has a usable {cfg.task} annotation")
     trunk = load_trunk(cfg.init, cfg.model, cfg.seed)
-    backbone = fpn_backbone(trunk, cfg.dense.fpn_channels, trainable=cfg.mode == "finetune")
+    backbone = fpn_backbone(trunk, cfg.dense.fpn_channels, cfg.mode == "finetune", cfg.dense.feature_cache_mb)
     model = build_model(cfg.task, backbone, train_set.num_classes, train_set.num_keypoints, cfg.dense,
                         cfg.image_size)
 

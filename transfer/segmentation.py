@@ -92,8 +92,8 @@ def train_and_evaluate(cfg: TransferConfig, excluded_test_ids: set[str]) -> dict
 
     trunk = load_trunk(cfg.init, cfg.model, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = SemanticFPN(fpn_backbone(trunk, cfg.dense.fpn_channels, cfg.mode == "finetune"), num_classes,
-                        cfg.dense.seg_channels)
+    backbone = fpn_backbone(trunk, cfg.dense.fpn_channels, cfg.mode == "finetune", cfg.dense.feature_cache_mb)
+    model = SemanticFPN(backbone, num_classes, cfg.dense.seg_channels)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
@@ -115,12 +115,13 @@ def train_and_evaluate(cfg: TransferConfig, excluded_test_ids: set[str]) -> dict
     full = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     dedup = torch.zeros_like(full)
     with torch.no_grad():
-        for i in range(len(test_images)):
-            pred = model(to_float(test_images[i : i + 1])).argmax(1)[0]
-            matrix = confusion_matrix(pred, test_masks[i], num_classes)
-            full += matrix
-            if keep[i]:
-                dedup += matrix
+        for first in range(0, len(test_images), cfg.batch_size):
+            preds = model(to_float(test_images[first : first + cfg.batch_size])).argmax(1)
+            for i, pred in enumerate(preds, start=first):
+                matrix = confusion_matrix(pred, test_masks[i], num_classes)
+                full += matrix
+                if keep[i]:
+                    dedup += matrix
     return {
         "task": "semantic",
         "metrics": {"full": {"mIoU": mean_iou(full)}, "dedup": {"mIoU": mean_iou(dedup)}},

@@ -65,7 +65,8 @@ class GridConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     modes: list[str] = field(default_factory=lambda: ["frozen"])
-    baseline: bool = True  # also transfer a randomly initialised trunk of every model
+    baseline: bool = True  # also transfer randomly initialised trunks
+    baseline_models: list[str] = field(default_factory=list)  # the models of those trunks; empty: every model
 
 
 @dataclass

@@ -69,7 +69,11 @@ def transfer_configs(cfg: WeblyConfig, cells: list[WeblyConfig], dedup_json: Pat
     exp, grid, base = experiment_dir(cfg), cfg.experiment.grid, cfg.experiment.transfer
     inits: list[tuple[str, str, ModelConfig]] = [(c.name, str(jobs.pretrain_run_dir(c)), c.model) for c in cells]
     if grid.baseline:
-        inits += [(f"random-{m}", "", load_option("model", m, ModelConfig)) for m in grid.models]
+        unknown = sorted(set(grid.baseline_models) - set(grid.models))
+        if unknown:
+            raise ValueError(f"experiment.grid.baseline_models: {', '.join(unknown)} not in experiment.grid.models")
+        models = grid.baseline_models or grid.models
+        inits += [(f"random-{m}", "", load_option("model", m, ModelConfig)) for m in models]
     groups = []
     for init_name, init_dir, model in inits:
         group = []
@@ -176,8 +180,8 @@ def _job_folder(cfg: WeblyConfig) -> Path:
 
 def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
     """Every spec with what it needs, in priority order: data, the dedup reference's pretraining, the dedup
-    (which every transfer needs), the other cells (deeper and larger first: longer jobs early), the transfers
-    in the same order, and the report after all of them."""
+    (which every transfer needs), the random-init transfers, the other cells (deeper and larger first: longer
+    jobs early), their transfers in the same order, and the report after all of them."""
     cells = pretrain_cells(cfg)
     corpus, bench = data_specs(cfg)
     trained = list(zip(cells, pretrain_specs(cells), strict=True))
@@ -200,11 +204,15 @@ def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
     rank = {spec: i for i, spec in enumerate(pretrain)}  # specs hash by identity
     transfers = transfer_specs(cfg, cells, dedup_dir / "dedup.json",
                                needs=lambda t: [bench, *dedup, *([by_dir[t.init]] if t.init else [])])
-    transfers.sort(key=lambda s: min((rank[n] for n in s.after if n in rank), default=len(rank)))
+    transfers.sort(key=lambda s: min((rank[n] for n in s.after if n in rank), default=-1))
+    # random-init transfers need only the dedup: run beside the pretraining, they leave an even number of
+    # equally long trunk transfers for the end, where an odd one out would run alone
+    early = [t for t in transfers if not any(n in rank for n in t.after)]
     report = report_specs(cfg)
     for spec in report:
         spec.after, spec.after_any = transfers, True
-    return [corpus, bench, *pretrain[:1], *describe, *dedup, *pretrain[1:], *transfers, *report]
+    return [corpus, bench, *pretrain[:1], *describe, *dedup, *early, *pretrain[1:],
+            *(t for t in transfers if t not in early), *report]
 
 
 def _run_local(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:

@@ -105,17 +105,30 @@ def test_the_local_plan_runs_the_dedup_reference_first_and_each_transfer_after_i
     cfg = compose([f"work_dir={tmp_path}", "experiment=demo"])
     plan = _local_plan(cfg, set(STAGES) | {"describe"})
     names = [(s.stage, s.name) for s in plan]
-    assert names[:4] == [("data", "corpus"), ("data", "benchmarks"),
-                         ("pretrain", "synthweb-s3-tiny18-sigmoid-seed0"), ("dedup", "dedup")]
+    assert names[:5] == [("data", "corpus"), ("data", "benchmarks"),
+                         ("pretrain", "synthweb-s3-tiny18-sigmoid-seed0"), ("dedup", "dedup"),
+                         ("transfer", "random-tiny18")]  # needs no trunk: it runs beside the pretraining
     pretrain = [s for s in plan if s.stage == "pretrain"]
     assert [s.name.split("-")[1:3] for s in pretrain] == [
         ["s3", "tiny18"], ["s2", "tiny18"], ["s1", "tiny18"], ["s3", "tiny"], ["s2", "tiny"], ["s1", "tiny"]]
     dedup = next(s for s in plan if s.stage == "dedup")
     assert dedup.after[-1] is pretrain[0]  # the reference trunk only, not the whole stage
     transfers = [s for s in plan if s.stage == "transfer"]
-    assert [t.name for t in transfers][:6] == [p.name for p in pretrain]  # same order, random inits last
-    for transfer, trunk in zip(transfers, pretrain, strict=False):
+    assert [t.name for t in transfers] == ["random-tiny18"] + [p.name for p in pretrain]  # the cells' order
+    assert transfers[0].after == [plan[1], dedup]
+    for transfer, trunk in zip(transfers[1:], pretrain, strict=True):
         assert trunk in transfer.after and dedup in transfer.after
         assert not any(p in transfer.after for p in pretrain if p is not trunk)
-    assert [t.name for t in transfers][6:] == ["random-tiny", "random-tiny18"]
     assert plan[-1].stage == "report" and plan[-1].after == transfers and plan[-1].after_any
+
+
+def test_baseline_models_must_be_models_of_the_grid(tmp_path: Path) -> None:
+    from webly.config import compose
+    from webly.experiment import _local_plan
+
+    every = compose([f"work_dir={tmp_path}", "experiment=demo", "experiment.grid.baseline_models=[]"])
+    assert [s.name for s in _local_plan(every, {"transfer"}) if s.name.startswith("random")] == [
+        "random-tiny", "random-tiny18"]
+    wrong = compose([f"work_dir={tmp_path}", "experiment=demo", "experiment.grid.baseline_models=[resnet50]"])
+    with pytest.raises(ValueError, match="baseline_models: resnet50 not in experiment.grid.models"):
+        _local_plan(wrong, {"transfer"})
