@@ -21,14 +21,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import PretrainConfig
-from pretrain.distributed import BACKENDS
-from pretrain.embedding_head import LOSSES
-from pretrain.heads import HEADS
-from pretrain.models import ARCHITECTURES
-from pretrain.runlog import WANDB_MODES
-from pretrain.sampling import PROPOSALS
-from pretrain.step import PRECISIONS
-from pretrain.zeroshot import POOLS
 from transfer.config import MODES, TASKS, DedupConfig, SearchConfig, SynthBenchConfig, TransferConfig
 
 GROUPS = ("data", "model", "head", "optim", "launcher", "logging", "profile", "experiment", "task")
@@ -186,6 +178,17 @@ def _suggest(full_key: str) -> str:
 
 def check(cfg: WeblyConfig) -> None:
     """Values that type-check but cannot run."""
+    # the allowed values live beside the code that uses them, which loads torch: imported here, not at the
+    # top, so that a job process unpickling a config does not pay for it
+    from pretrain.distributed import BACKENDS
+    from pretrain.embedding_head import LOSSES
+    from pretrain.heads import HEADS
+    from pretrain.models import ARCHITECTURES
+    from pretrain.runlog import WANDB_MODES
+    from pretrain.sampling import PROPOSALS
+    from pretrain.step import PRECISIONS
+    from pretrain.zeroshot import POOLS
+
     choices: list[tuple[str, Any, Any]] = [
         ("head.name", cfg.head.name, sorted(HEADS)),
         ("model.depth", cfg.model.depth, sorted(ARCHITECTURES)),

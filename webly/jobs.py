@@ -1,7 +1,9 @@
 """The functions a job runs, and the stage configs that say when one is already done.
 
 Each job function takes its whole typed config, is importable, and is tested directly; submitit pickles the
-call and runs it in a local process or a Slurm allocation. Nothing here depends on where it runs.
+call and runs it in a local process or a Slurm allocation. Nothing here depends on where it runs. Each job
+imports the code it runs when it starts: a data or report job's process need not load torch and torchvision
+(seconds per process on a small machine).
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ import submitit
 
 from pretrain.atomic import read_json
 from pretrain.config import ModelConfig, PretrainConfig
-from pretrain.sources import ingest
 from pretrain.stage import is_done, write_manifest
-from pretrain.synthweb.dataset import write_synthweb
-from pretrain.train import pretrain
 from transfer.config import DedupConfig, TransferConfig
-from transfer.run import run_transfer
 from webly.config import WeblyConfig, pretrain_config, run_name
 
 DATA_STAGE_FILE = "stage.json"  # a dataset root already has a manifest.json of its own
@@ -40,6 +38,8 @@ def synth_stage_config(cfg: WeblyConfig) -> dict[str, Any]:
 def synth_job(cfg: WeblyConfig) -> dict[str, Any]:
     """Generate the synthetic web into `data.root`; returns the dataset manifest (without its shard list)."""
     config = synth_stage_config(cfg)
+    from pretrain.synthweb.dataset import write_synthweb
+
     write_manifest(cfg.data.root, "synth", "running", config, filename=DATA_STAGE_FILE)
     manifest = write_synthweb(cfg.data, processes=_processes())
     write_manifest(cfg.data.root, "synth", "done", config, filename=DATA_STAGE_FILE)
@@ -50,6 +50,8 @@ def shards_job(cfg: WeblyConfig) -> dict[str, Any]:
     """Shard `data.shards.input` (a `data.shards.source`) into `data.root`; returns the dataset manifest summary."""
     if not cfg.data.shards.input:
         raise ValueError("data.shards.input is empty: name the folder, YFCC100M file or img2dataset output")
+    from pretrain.sources import ingest
+
     manifest = ingest(cfg.data.root, cfg.data.shards, processes=_processes())
     return {k: v for k, v in manifest.items() if k != "shards"}
 
@@ -113,6 +115,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
     checkpoint (with the same W&B run id, which the checkpoint holds)."""
 
     def __call__(self, cfg: WeblyConfig) -> dict[str, Any]:
+        from pretrain.train import pretrain
+
         stage_cfg = pretrain_stage(cfg)
         if is_done(stage_cfg.run_dir, dataclasses.asdict(stage_cfg)):
             summary = read_json(Path(stage_cfg.run_dir) / "manifest.json")["summary"]
@@ -185,6 +189,8 @@ def describe_job(args: tuple[WeblyConfig, tuple[str, ModelConfig], str, int]) ->
 
 
 def transfer_job(cfg: TransferConfig) -> dict[str, Any]:
+    from transfer.run import run_transfer
+
     return run_transfer(cfg)
 
 
@@ -193,7 +199,7 @@ def transfer_group_job(cfgs: list[TransferConfig]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for cfg in cfgs:
         try:
-            results[Path(cfg.run_dir).name] = run_transfer(cfg)
+            results[Path(cfg.run_dir).name] = transfer_job(cfg)
         except Exception as err:  # run_transfer marked its manifest failed; the experiment reports it
             results[Path(cfg.run_dir).name] = repr(err)
     failed = {k: v for k, v in results.items() if isinstance(v, str)}

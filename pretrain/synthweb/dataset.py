@@ -34,10 +34,11 @@ def write_synthweb(data: DataConfig, processes: int = 1) -> dict[str, Any]:
     """Generate `data.synth` into `data.root` (shards/, vocab.tsv, manifest.json); returns the manifest."""
     cfg, root = data.synth, Path(data.root)
     per_shard = data.shards.samples_per_shard
-    train = write_shards(root / "shards", _jobs(cfg, "train", cfg.num_images, per_shard), processes,
-                         desc="synthweb shards")
-    heldout = write_shards(root / "shards", _jobs(cfg, "heldout", cfg.heldout_images, per_shard), processes,
-                           desc="held-out shards")
+    train_jobs = _jobs(cfg, "train", cfg.num_images, per_shard)
+    # one pool for both splits: its spawned workers take seconds to start (they import the shard writer)
+    written = write_shards(root / "shards", train_jobs + _jobs(cfg, "heldout", cfg.heldout_images, per_shard),
+                           processes, desc="synthweb shards")
+    train, heldout = written[: len(train_jobs)], written[len(train_jobs):]
     world = make_world(cfg.num_concepts, cfg.seed, cfg.zipf)
     concepts = [{"index": c.index, "name": c.name, "synonyms": list(c.synonyms), "shape": c.shape,
                  "colour": c.colour, "texture": c.texture} for c in world.concepts]
