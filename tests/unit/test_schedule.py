@@ -132,3 +132,15 @@ def test_baseline_models_must_be_models_of_the_grid(tmp_path: Path) -> None:
     wrong = compose([f"work_dir={tmp_path}", "experiment=demo", "experiment.grid.baseline_models=[resnet50]"])
     with pytest.raises(ValueError, match="baseline_models: resnet50 not in experiment.grid.models"):
         _local_plan(wrong, {"transfer"})
+
+
+def test_a_job_process_loads_torch_only_when_its_job_needs_it() -> None:
+    """submitit unpickles a job by importing webly.jobs: that alone must not load torch, torchvision or W&B
+    (seconds in every data and report job's process)."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, webly.jobs; print(*[m for m in ('torch', 'torchvision', 'wandb') "
+         "if m in sys.modules])"], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
