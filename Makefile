@@ -11,12 +11,13 @@ UV_INSTALL := $(UV) pip install -q --python $(BIN)/python
 # the pip of these machines warns about every index location it skips; keep the real messages
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
-# Nothing is byte-compiled at install (torch alone has thousands of files); instead one import of what the jobs
-# use writes their .pyc, even where PYTHONDONTWRITEBYTECODE is set: without it every job process would compile
-# torch and torchvision again (~10 s each)
-WARM_IMPORTS := torch, torchvision.models.detection, webdataset, submitit, hydra, wandb, faiss, pycocotools.cocoeval, \
-	matplotlib.pyplot, webly.cli, webly.jobs, webly.report, transfer.detection, transfer.segmentation, \
-	transfer.classification, transfer.dedup
+# Nothing is byte-compiled at install (torch alone has thousands of files); instead one import of the modules
+# the jobs run (webly.jobs imports them when a job starts) writes the .pyc of all they load, even where
+# PYTHONDONTWRITEBYTECODE is set: without it every job process would compile torch and torchvision (~10 s each).
+# W&B and pyplot load only when a run logs or plots, so they are named too
+WARM_IMPORTS := webly.cli, webly.jobs, pretrain.synthweb.dataset, pretrain.train, transfer.synthbench, \
+	transfer.run, transfer.classification, transfer.detection, transfer.segmentation, transfer.dedup, webly.report, \
+	wandb, matplotlib.pyplot
 
 .PHONY: demo test lint install clean
 

@@ -204,15 +204,19 @@ def _local_plan(cfg: WeblyConfig, wanted: set[str]) -> list[Spec]:
     rank = {spec: i for i, spec in enumerate(pretrain)}  # specs hash by identity
     transfers = transfer_specs(cfg, cells, dedup_dir / "dedup.json",
                                needs=lambda t: [bench, *dedup, *([by_dir[t.init]] if t.init else [])])
-    transfers.sort(key=lambda s: min((rank[n] for n in s.after if n in rank), default=-1))
+
+    def trunk_rank(spec: Spec) -> int:
+        return min((rank[n] for n in spec.after if n in rank), default=-1)  # -1: a random init, no trunk
+
+    transfers.sort(key=trunk_rank)
     # random-init transfers need only the dedup: run beside the pretraining, they leave an even number of
     # equally long trunk transfers for the end, where an odd one out would run alone
-    early = [t for t in transfers if not any(n in rank for n in t.after)]
+    early = [t for t in transfers if trunk_rank(t) < 0]
     report = report_specs(cfg)
     for spec in report:
         spec.after, spec.after_any = transfers, True
-    return [corpus, bench, *pretrain[:1], *describe, *dedup, *early, *pretrain[1:],
-            *(t for t in transfers if t not in early), *report]
+    return [corpus, bench, *pretrain[:1], *describe, *dedup, *early, *pretrain[1:], *transfers[len(early):],
+            *report]
 
 
 def _run_local(cfg: WeblyConfig, wanted: set[str]) -> dict[str, dict[str, Any]]:
