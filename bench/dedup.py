@@ -41,10 +41,10 @@ from pretrain.synthweb.dataset import write_synthweb
 from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
-from transfer.dedup import best_orientation, corpus_setup, query_views
+from transfer.dedup import best_orientation, corpus_setup, query_setup, query_views
 from transfer.descriptors import describe
 from transfer.index import build_index
-from transfer.views import view_grids
+from transfer.views import view_boxes, view_grids
 
 # The settings the bench calibrates: `webly dedup`'s defaults (a dense 0.7 zoom for half-area crops, mirrored
 # queries for flips), so the bench measures what the product does.
@@ -64,7 +64,7 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
     # the corpus views, decode side and describer `webly dedup` would use (no hash: the bench scores vectors)
     product = replace(cfg, use_hash=False, index_dir=str(work / "index"))
     _, _, describer, _, boxes, side = corpus_setup(product, "", ModelConfig(), 0, str(root), str(work), True)
-    queries = query_views(cfg)
+    queries, query_describer, rows = query_setup(cfg, describer)
     started = time.perf_counter()
     views = "-".join(map(str, cfg.view_fractions))
     grids = "-".join(map(str, view_grids(cfg.view_fractions, cfg.view_grid)))
@@ -76,9 +76,9 @@ def ours(root: Path, work: Path, copies: int, target: float, cfg: DedupConfig = 
 
     def margins(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, float, float]:
         t0 = time.perf_counter()
-        vectors = describe(items, None, describer, queries, side, cfg.batch_size, progress=False).vectors
+        vectors = describe(items, None, query_describer, queries, side, cfg.batch_size, progress=False).vectors
         t1 = time.perf_counter()
-        margin = best_orientation(vectors, index, len(queries), cfg)[1]
+        margin = best_orientation(vectors, index, rows, cfg)[1]
         return margin, t1 - t0, time.perf_counter() - t1
 
     plant = cfg.calibration
@@ -140,17 +140,20 @@ def imagededup_phash(root: Path, items: list[tuple[str, bytes]], truth: list[dic
             "corpus_images_per_second": round(len(corpus_codes) / hash_s, 1)}
 
 
-def scale(corpus_images: int, query_images: int, views: int, dims: int, seed: int = 0) -> dict:
-    """The search path at scale on synthetic descriptors: IVF-PQ build, margin search, planted copies found."""
+def scale(corpus_images: int, query_images: int, views: int, rows: int, dims: int, seed: int = 0) -> dict:
+    """The search path at scale on synthetic descriptors: IVF-PQ build, margin search of `rows` query rows per
+    test image (orientations x hue shifts, as `webly dedup` searches), planted copies found."""
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     vectors = rng.standard_normal((corpus_images * views, dims), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors.astype(np.float16)
     planted = rng.choice(corpus_images, query_images // 10, replace=False)
-    queries = rng.standard_normal((query_images, dims), dtype=np.float32)
-    copies = vectors[planted * views].astype(np.float32) + 0.35 * queries[: len(planted)] / np.sqrt(dims)
-    queries[: len(planted)] = copies
+    queries = rng.standard_normal((query_images, rows, dims), dtype=np.float32)
+    # every row of a planted copy is its corpus image's full view plus noise of its own
+    originals = vectors[planted * views].astype(np.float32)[:, None]
+    queries[: len(planted)] = originals + 0.35 * queries[: len(planted)] / np.sqrt(dims)
+    queries = queries.reshape(query_images * rows, dims)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     generate = time.perf_counter() - started
     cfg = IndexConfig(kind="ivfpq", pq_bytes=16, ivf_lists=1024, nprobe=16)
@@ -158,12 +161,13 @@ def scale(corpus_images: int, query_images: int, views: int, dims: int, seed: in
     t0 = time.perf_counter()
     index = build_index(vectors, views, cfg)
     t1 = time.perf_counter()
-    matches, margin = best_orientation(queries, index, 1, DedupConfig())
+    matches, margin = best_orientation(queries, index, rows, DedupConfig())
     t2 = time.perf_counter()
     found = float(np.mean(matches.image1[: len(planted)] == planted))
-    return {"corpus_images": corpus_images, "views": views, "dims": dims, "queries": query_images,
-            "generate_s": round(generate, 1), "build_s": round(t1 - t0, 1), "search_s": round(t2 - t1, 1),
-            "planted_top1": round(found, 4), "bytes_per_image": round(index.bytes_per_image(), 1),
+    return {"corpus_images": corpus_images, "views": views, "query_rows": rows, "dims": dims,
+            "queries": query_images, "generate_s": round(generate, 1), "build_s": round(t1 - t0, 1),
+            "search_s": round(t2 - t1, 1), "planted_top1": round(found, 4),
+            "bytes_per_image": round(index.bytes_per_image(), 1),
             "copies_margin_median": round(float(np.median(margin[: len(planted)])), 3),
             "others_margin_p99": round(float(np.percentile(margin[len(planted):], 99)), 3)}
 
@@ -190,6 +194,8 @@ def main() -> None:
                         help="tiny: standardised tiny images; copy: the copy-detection net trained on the corpus")
     parser.add_argument("--view-grid", type=int, nargs="+", default=HEAVY.view_grid,
                         help="positions per axis of each zoom: one for all, or one per view fraction")
+    parser.add_argument("--query-hues", type=float, nargs="*", default=HEAVY.query_hues,
+                        help="hue shifts each test image is also searched with (dedup.query_hues; none: off)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -197,12 +203,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"[bench] {platform.platform()} python {platform.python_version()} torch {torch.__version__} "
           f"faiss {faiss.__version__}, {args.threads} threads", flush=True)
+    settings = replace(HEAVY, view_fractions=args.view_fractions, view_grid=args.view_grid,
+                       descriptor=args.descriptor, query_hues=args.query_hues,
+                       calibration=replace(HEAVY.calibration, chain=args.chain))
+    views = len(view_boxes(settings.view_fractions, settings.view_grid))
+    rows = len(query_views(settings)) * (1 + len(settings.query_hues))
     if args.only_scale:
-        print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, 28, 64)}, indent=1))
+        print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, views, rows, 64)}, indent=1))
         return
     root = corpus(work, args.corpus, args.heldout)
-    settings = replace(HEAVY, view_fractions=args.view_fractions, view_grid=args.view_grid,
-                       descriptor=args.descriptor, calibration=replace(HEAVY.calibration, chain=args.chain))
     mine = ours(root, work, args.copies, args.target, settings, tuple(args.seeds))
     theirs = imagededup_phash(root, mine.pop("items"), mine.pop("truth"), mine["precision"])
     mine.pop("source_ids")
@@ -215,7 +224,7 @@ def main() -> None:
               "recall_ratio": round(mine["recall"] / max(theirs["at_equal_precision"]["recall"], 1e-9), 2)}
     print(json.dumps(result, indent=1), flush=True)
     if not args.skip_scale:
-        print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, mine["views"], 64)}, indent=1))
+        print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, views, rows, 64)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -75,10 +75,11 @@ class DedupConfig:
     """Test images that near-duplicate pretraining images: perceptual hash OR nearest-neighbour margin (FAISS).
 
     Every corpus image is indexed by 1 + sum(g**2) views over the zooms' grids g (full image + zoomed crops, so
-    crops are found); a test image (and its mirror image, query_flip) is flagged when its margin to the best
-    *other* corpus image reaches margin_threshold, or its pHash is within hash_threshold bits. Defaults: recall
-    1.0 at precision 1.0 on the demo benchmarks (36 planted copies among 450 test images); on planted heavy
-    edits, calibrated for precision 0.99, held-out precision >= 0.99 at recall >= 0.95 (BENCHMARKS.md).
+    crops are found); a test image (searched also mirrored, query_flip, and hue-shifted, query_hues) is flagged
+    when its margin to the best *other* corpus image reaches margin_threshold, or its pHash is within
+    hash_threshold bits. Defaults: recall 1.0 at precision 1.0 on the demo benchmarks (36 planted copies among
+    450 test images); on planted chains of three heavy edits, calibrated for precision 0.99, held-out precision
+    >= 0.99 at recall >= 0.95 (BENCHMARKS.md).
     """
 
     descriptor: str = "tiny"  # tiny: standardised tiny image | cnn: pooled trunk stage | copy: trained copy net
@@ -88,8 +89,9 @@ class DedupConfig:
     # side fraction of each zoom: 0.88 for light crops, 0.7 for half-area ones (crop50)
     view_fractions: list[float] = field(default_factory=lambda: [0.88, 0.7])
     # positions per axis of each zoom (3: corners, edge midpoints, centre), one per fraction or one for all: the
-    # 0.7 zoom needs 5, a half-area crop sits anywhere in its 0.3 of slack and 3 positions miss ~1 in 8 of them
-    view_grid: list[int] = field(default_factory=lambda: [3, 5])
+    # 0.7 zoom needs a dense lattice, a half-area crop sits anywhere in its 0.3 of slack (3 positions miss ~1 in 8
+    # of them; 7 keep enough margin when the crop is chained with other edits)
+    view_grid: list[int] = field(default_factory=lambda: [3, 7])
     twin_cosine: float = 0.97  # corpus images this close (full views) are one photo held twice, not a negative
     tiny_size: int = 12  # tiny descriptor: side of a view in pixels
     chroma_weight: float = 1.5  # tiny descriptor: weight of chroma against luma
@@ -104,6 +106,9 @@ class DedupConfig:
     gem_p: float = 3.0  # cnn descriptor with cnn_pool=gem: the GeM exponent
     copy: CopyNetConfig = field(default_factory=CopyNetConfig)  # descriptor "copy"
     query_flip: bool = True  # also search each test image mirrored (finds flipped copies)
+    # also search each test image with its hue shifted by these fractions of the colour circle, pooled like the
+    # orientations (finds colour-jittered copies); [] searches the colours as they are
+    query_hues: list[float] = field(default_factory=lambda: [-0.04, 0.04])
     index: IndexConfig = field(default_factory=IndexConfig)
     index_dir: str = ""  # where corpus descriptors and indexes live, per corpus; "": next to dedup.json
     extract_jobs: int = 1  # >1: the corpus is described by this many jobs over shard ranges, then assembled

@@ -35,7 +35,7 @@ from transfer.config import DedupConfig, IndexConfig
 from transfer.descriptors import Describer, Descriptors, decode_side, describe
 from transfer.index import ViewIndex, build_index, load_or_build
 from transfer.scoring import benchmark_of, evaluate, scores  # noqa: F401  (scores: part of this module's API)
-from transfer.views import FLIP_VIEW, FULL_VIEW, Box, view_boxes
+from transfer.views import FLIP_VIEW, FULL_VIEW, Box, hue_shifted, view_boxes
 
 FORMAT = "webly-dedup/1"
 BENCHMARKS = ("classification", "detection", "segmentation")
@@ -140,6 +140,9 @@ def _check(cfg: DedupConfig) -> None:
         raise ValueError(f"dedup.margin={cfg.margin!r}: expected one of {MARGINS}")
     if cfg.extract_jobs < 1:
         raise ValueError(f"dedup.extract_jobs={cfg.extract_jobs}: at least one job describes the corpus")
+    if any(not 0 < abs(turn) < 0.5 for turn in cfg.query_hues):
+        raise ValueError(f"dedup.query_hues={list(cfg.query_hues)}: hue shifts are non-zero fractions of the colour "
+                         "circle between -0.5 and 0.5")
 
 
 def run_dedup(
@@ -228,14 +231,33 @@ def query_views(cfg: DedupConfig) -> list[Box]:
     return [FULL_VIEW, FLIP_VIEW] if cfg.query_flip else [FULL_VIEW]
 
 
+class HueVariants:
+    """A describer of test images: each view as it is, then hue-shifted by each of `turns` (dedup.query_hues),
+    so an image's rows stay together and `best_orientation` pools them with its orientations."""
+
+    def __init__(self, describer: Describer, turns: list[float]) -> None:
+        self.describer, self.turns, self.input_size = describer, list(turns), describer.input_size
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        return self.describer(hue_shifted(views, self.turns))
+
+
+def query_setup(cfg: DedupConfig, describer: Describer) -> tuple[list[Box], Describer | HueVariants, int]:
+    """The views a test image is described by, the describer of its query rows, and the rows per image."""
+    boxes = query_views(cfg)
+    if not cfg.query_hues:
+        return boxes, describer, len(boxes)
+    return boxes, HueVariants(describer, cfg.query_hues), len(boxes) * (1 + len(cfg.query_hues))
+
+
 def best_orientation(vectors: np.ndarray, index: ViewIndex, orientations: int, cfg: DedupConfig
                      ) -> tuple[Matches, np.ndarray]:
-    """Matches and margins of image-major query views (`orientations` per image: as is, mirrored), pooled over
-    the orientations as a corpus image's views are: s1 is the best image of any orientation and s2 the best
-    *other* image of any orientation. A new render that happens to resemble one corpus image when mirrored is
-    then held back by what it resembles the right way round; taking the orientation of highest margin instead
-    gave every test image two chances at a lucky margin (most false positives on the planted set were mirrored
-    matches)."""
+    """Matches and margins of image-major query rows (`orientations` per image: as is, mirrored, each with its
+    hue shifts; see query_setup), pooled over them as a corpus image's views are: s1 is the best image of any
+    orientation and s2 the best *other* image of any orientation. A new render that happens to resemble one
+    corpus image when mirrored is then held back by what it resembles the right way round; taking the
+    orientation of highest margin instead gave every test image two chances at a lucky margin (most false
+    positives on the planted set were mirrored matches)."""
     matches = nearest_two(vectors, index, twin_cosine=cfg.twin_cosine)
     images = len(vectors) // orientations
     best = np.arange(images) * orientations + matches.s1.reshape(images, orientations).argmax(axis=1)
@@ -278,7 +300,7 @@ def _run_dedup(
         raise ValueError(f"{benchmark_root}: no test images of {', '.join(BENCHMARKS)}")
     setup = corpus_setup(cfg, trunk_init, model_cfg, seed, corpus_root, out_dir, progress)
     cache_dir, hash_size, describer, training, boxes, side = setup
-    queries = query_views(cfg)
+    queries, query_describer, rows = query_setup(cfg, describer) if describer else ([FULL_VIEW], None, 1)
     corpus, corpus_info = descriptors.corpus_descriptors(corpus_root, cache_dir / descriptors.CACHE_NAME, hash_size,
                                                          describer, boxes, side, cfg.batch_size, progress)
     if not corpus.keys:
@@ -290,14 +312,14 @@ def _run_dedup(
     margin_threshold, calibration = cfg.margin_threshold, None
     if index is not None and cfg.calibration.target_precision > 0:
         calibration = run_calibration(corpus_root, cfg.calibration, cfg.margin_threshold, progress,
-                                      lambda items: describe(items, None, describer, queries, side, cfg.batch_size,
-                                                             progress=False).vectors,
-                                      lambda vectors: best_orientation(vectors, index, len(queries), cfg)[1])
+                                      lambda items: describe(items, None, query_describer, queries, side,
+                                                             cfg.batch_size, progress=False).vectors,
+                                      lambda vectors: best_orientation(vectors, index, rows, cfg)[1])
         atomic_write_json(Path(out_dir) / "calibration.json", calibration)
         margin_threshold = calibration["threshold"]
     test_started = time.perf_counter()
     items = ((image_id, path.read_bytes()) for image_id, path in tests)
-    test: Descriptors = describe(items, hash_size, describer, queries, side, cfg.batch_size, total=len(tests),
+    test: Descriptors = describe(items, hash_size, query_describer, queries, side, cfg.batch_size, total=len(tests),
                                  desc="test descriptors", progress=progress, strict=True)
     ids = test.keys
 
@@ -308,7 +330,7 @@ def _run_dedup(
         hash_distance, hash_index = nearest_hash(test.hashes, corpus.hashes)
         by_hash = hash_distance <= cfg.hash_threshold
     if test.vectors is not None:
-        matches, margin = best_orientation(test.vectors, index, len(queries), cfg)
+        matches, margin = best_orientation(test.vectors, index, rows, cfg)
         by_margin = margin >= margin_threshold
     flagged = by_hash | by_margin
     search_seconds = time.perf_counter() - search_started
@@ -350,8 +372,9 @@ def _run_dedup(
              "view_grid", "twin_cosine", *DESCRIBER_SETTINGS.get(cfg.descriptor, ())]
     thresholds = {**{name: _plain(getattr(cfg, name)) for name in names}, "margin_threshold": margin_threshold,
                   "views": len(boxes)}
-    if cfg.query_flip or calibration:
-        thresholds.update(query_flip=cfg.query_flip, calibrated=calibration is not None)
+    if cfg.query_flip or cfg.query_hues or calibration:
+        thresholds.update(query_flip=cfg.query_flip, query_hues=_plain(cfg.query_hues),
+                          calibrated=calibration is not None)
     result = {
         "format": FORMAT,
         "corpus_root": str(corpus_root),

@@ -75,3 +75,32 @@ class ViewSampler:
         tall = (rows @ image.reshape(height, -1).astype(np.float32)).reshape(n, s, width, 3)  # rows resampled
         wide = tall.transpose(0, 2, 1, 3).reshape(n, width, s * 3)
         return (cols @ wide).reshape(n, s, s, 3).transpose(0, 2, 1, 3)  # then columns: n x s(rows) x s x 3
+
+
+
+def hue_shifted(views: np.ndarray, turns: Sequence[float]) -> np.ndarray:
+    """B x ... x 3 RGB -> (B * (1 + len(turns))) x ... x 3: each view as it is, then with its HSV hue shifted by
+    each fraction of the colour circle (value and saturation kept), views of one input kept together. A test
+    image searched this way meets a colour-jittered copy shifted back: the HSV shift is the inverse of the
+    jitter's hue step (a rotation of YIQ chroma is not, and finds fewer of them)."""
+    rgb = views.astype(np.float32)
+    value, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    delta = value - low
+    safe = np.where(delta > 0, delta, 1.0)
+    red, green, blue = ((value - rgb[..., c]) / safe for c in range(3))  # distance of each channel from the top
+    hue = np.where(rgb[..., 0] == value, blue - green,
+                   np.where(rgb[..., 1] == value, 2.0 + red - blue, 4.0 + green - red))
+    hue = np.where(delta > 0, hue / 6.0 % 1.0, 0.0)
+    saturation = np.where(value > 0, delta / np.where(value > 0, value, 1.0), 0.0)
+    out = [rgb]
+    for turn in turns:
+        sector = (hue + turn) % 1.0 * 6.0
+        index, fraction = np.floor(sector).astype(np.int64) % 6, sector - np.floor(sector)
+        p = value * (1 - saturation)
+        q = value * (1 - saturation * fraction)
+        t = value * (1 - saturation * (1 - fraction))
+        # (r, g, b) per hue sector 0..5
+        table = np.stack([np.stack(c, axis=-1) for c in ((value, t, p), (q, value, p), (p, value, t),
+                                                         (p, q, value), (t, p, value), (value, p, q))])
+        out.append(np.take_along_axis(table, index[None, ..., None], axis=0)[0])
+    return np.stack(out, axis=1).reshape(-1, *views.shape[1:])

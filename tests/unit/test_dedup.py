@@ -2,8 +2,9 @@
 
 The tiny benchmark plants edited copies of synthweb corpus images (a zoomed crop among them) and uses held-out
 synthweb renders (same world, new scenes: the hard negatives) as the unrelated images. With the defaults (tiny
-descriptor, 35 views per corpus image, mirrored queries, ratio margin >= 0.4, pHash <= 2 bits) every copy scores
-a margin >= 0.75 and every render <= 0.09. The crop is found only through a zoomed view (its pHash is 18 bits away).
+descriptor, 59 views per corpus image, mirrored and hue-shifted queries, ratio margin >= 0.4, pHash <= 2 bits)
+every copy scores a margin >= 0.73 and every render <= 0.21 (the hue shifts give a render more ways to meet a
+corpus image: 0.09 without them). The crop is found only through a zoomed view (its pHash is 18 bits away).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def test_run_dedup_flags_planted_copies_and_scores_them(world: dict, monkeypatch
     assert json.loads((world["out"] / "dedup.json").read_text()) == result
     assert not list(world["out"].glob(".*tmp"))
     assert {k: result["corpus"][k] for k in ("images", "views", "skipped", "cache")} == {
-        "images": 200, "views": 35, "skipped": {}, "cache": "miss"}
+        "images": 200, "views": 59, "skipped": {}, "cache": "miss"}
     assert result["corpus"]["images_per_second"] > 0 and result["test_images"] == 14 and result["trunk"] is None
 
     flagged = {r["id"]: r for r in result["flagged"]}
@@ -255,7 +256,7 @@ def test_run_dedup_flags_planted_copies_and_scores_them(world: dict, monkeypatch
                                  ("segmentation/JPEGImages/s_q20.jpg", "G", "margin"),  # pHash 4 bits away
                                  (CROP, "H", "margin")]:
         record = flagged[image_id]
-        assert record["by"] == by and record["margin"] >= 0.75 and record["corpus_key"] == keys[letter]
+        assert record["by"] == by and record["margin"] >= 0.7 and record["corpus_key"] == keys[letter]
         assert record["benchmark"] == image_id.split("/")[0] and record["second_key"] != keys[letter]
     crop = flagged[CROP]
     assert crop["hash_distance"] == 18 and crop["view"] == [0.06, 0.0, 0.94, 0.88]  # found through a zoomed view
@@ -268,9 +269,9 @@ def test_run_dedup_flags_planted_copies_and_scores_them(world: dict, monkeypatch
         "segmentation": {"test_images": 3, "flagged": 1, "overlap": round(1 / 3, 6)},
     }
     assert result["thresholds"] == {"use_hash": True, "hash_size": 8, "hash_threshold": 2, "descriptor": "tiny",
-                                    "margin": "ratio", "margin_threshold": 0.4, "views": 35,
-                                    "view_fractions": [0.88, 0.7], "view_grid": [3, 5], "twin_cosine": 0.97,
-                                    "query_flip": True, "calibrated": False,
+                                    "margin": "ratio", "margin_threshold": 0.4, "views": 59,
+                                    "view_fractions": [0.88, 0.7], "view_grid": [3, 7], "twin_cosine": 0.97,
+                                    "query_flip": True, "query_hues": [-0.04, 0.04], "calibrated": False,
                                     "tiny_size": 12, "chroma_weight": 1.5}
     ev = result["evaluation"]
     # planted: 8 true copies (one of them a held-out render mislabelled: a miss), 1 real copy left unlisted
@@ -308,7 +309,7 @@ def test_hard_negatives_look_alike_but_have_no_margin(world: dict) -> None:
     records = {r["id"]: r for r in _run(world, out, DedupConfig(margin_threshold=0.0, use_hash=False))["flagged"]}
     renders = {i: r for i, r in records.items() if "new" in i}
     copies = [r for i, r in records.items() if "new" not in i]
-    assert len(renders) == 6 and max(r["margin"] for r in renders.values()) < 0.1 < 0.4 < min(r["margin"]
+    assert len(renders) == 6 and max(r["margin"] for r in renders.values()) < 0.25 < 0.4 < min(r["margin"]
                                                                                              for r in copies)
     assert renders[HARD_NEGATIVE]["margin"] < 0.05
     assert 0.6 < renders[HARD_NEGATIVE]["similarity"] < 0.9  # looks alike, yet nowhere near a copy's margin
@@ -320,7 +321,7 @@ def test_corpus_cache_is_reused_and_refreshed_per_part(world: dict, monkeypatch:
     first = _run(world, out, small)
     cache = out / descriptors.CACHE_NAME
     stamp, hashes = cache.stat().st_mtime_ns, np.load(cache)["hashes"]
-    assert np.load(cache)["tiny"].shape == (200 * 35, 432) and np.load(cache)["tiny"].dtype == np.float16
+    assert np.load(cache)["tiny"].shape == (200 * 59, 432) and np.load(cache)["tiny"].dtype == np.float16
 
     def no_corpus_pass(*args, **kwargs):
         raise AssertionError("the corpus was described again")
@@ -344,7 +345,7 @@ def test_corpus_cache_is_reused_and_refreshed_per_part(world: dict, monkeypatch:
     grid = _run(world, out, cnn)
     assert grid["corpus"]["cache"] == "partial" and grid["trunk"] == {"init": "", "depth": 10, "width": 16, "seed": 0}
     assert np.array_equal(np.load(cache)["hashes"], hashes)  # one decode side for all descriptors: hashes kept
-    assert np.load(cache)["cnn"].shape == (200 * 35, 64 * 4 * 4)  # layer3 (4 x width channels) on a 4 x 4 grid
+    assert np.load(cache)["cnn"].shape == (200 * 59, 64 * 4 * 4)  # layer3 (4 x width channels) on a 4 x 4 grid
     exact = {r["id"]: r for r in grid["flagged"]}["classification/test/cat/exact.jpg"]
     assert exact["similarity"] == pytest.approx(1.0, abs=1e-3)
     other = _run(world, out, cnn, seed=1)
