@@ -41,7 +41,7 @@ from pretrain.synthweb.dataset import write_synthweb
 from transfer import descriptors
 from transfer.calibrate import calibrate, calibration_set, pr_curve
 from transfer.config import DedupConfig, IndexConfig
-from transfer.dedup import best_orientation, corpus_setup, query_setup, query_views
+from transfer.dedup import best_orientation, corpus_setup, query_rows, query_setup
 from transfer.descriptors import describe
 from transfer.index import build_index
 from transfer.views import view_boxes, view_grids
@@ -207,7 +207,7 @@ def main() -> None:
                        descriptor=args.descriptor, query_hues=args.query_hues,
                        calibration=replace(HEAVY.calibration, chain=args.chain))
     views = len(view_boxes(settings.view_fractions, settings.view_grid))
-    rows = len(query_views(settings)) * (1 + len(settings.query_hues))
+    rows = query_rows(settings)
     if args.only_scale:
         print(json.dumps({"scale": scale(args.scale_corpus, args.scale_queries, views, rows, 64)}, indent=1))
         return

@@ -242,12 +242,15 @@ class HueVariants:
         return self.describer(hue_shifted(views, self.turns))
 
 
+def query_rows(cfg: DedupConfig) -> int:
+    """Query rows per test image: each of its views (query_views) as is and at each hue shift."""
+    return len(query_views(cfg)) * (1 + len(cfg.query_hues))
+
+
 def query_setup(cfg: DedupConfig, describer: Describer) -> tuple[list[Box], Describer | HueVariants, int]:
     """The views a test image is described by, the describer of its query rows, and the rows per image."""
-    boxes = query_views(cfg)
-    if not cfg.query_hues:
-        return boxes, describer, len(boxes)
-    return boxes, HueVariants(describer, cfg.query_hues), len(boxes) * (1 + len(cfg.query_hues))
+    query_describer = HueVariants(describer, cfg.query_hues) if cfg.query_hues else describer
+    return query_views(cfg), query_describer, query_rows(cfg)
 
 
 def best_orientation(vectors: np.ndarray, index: ViewIndex, orientations: int, cfg: DedupConfig
