@@ -76,7 +76,8 @@ def test_hue_shifted_queries_find_a_colour_jittered_copy(corpus: Path, tmp_path:
 
 
 @pytest.mark.parametrize("hues", [[0.0], [0.6], [-0.5]])
-def test_bad_hue_shifts_are_refused(corpus: Path, tmp_path: Path, hues: list[float]) -> None:
+def test_bad_hue_shifts_are_refused(tmp_path: Path, hues: list[float]) -> None:
+    # the settings are checked before any corpus or benchmark is read
     with pytest.raises(ValueError, match=r"dedup.query_hues=.*between -0.5 and 0.5"):
-        dedup.run_dedup(str(corpus), str(tmp_path), str(tmp_path / "out"), DedupConfig(query_hues=hues), "",
-                        ModelConfig(), progress=False)
+        dedup.run_dedup(str(tmp_path / "corpus"), str(tmp_path), str(tmp_path / "out"), DedupConfig(query_hues=hues),
+                        "", ModelConfig(), progress=False)
