@@ -33,12 +33,14 @@ from webly.jobs import pretrain_stage, search_job
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("embedding")
-    synth = SynthConfig(num_images=1200, heldout_images=200, image_size=48, num_concepts=20)
+    # 2400 images x 3000 steps at lr 0.3, ~2 min on 2 cores: text P@10 0.92 on average; half the images or half
+    # the steps give 0.84-0.85 (`bench/text_search.py`, BENCHMARKS.md "Text search")
+    synth = SynthConfig(num_images=2400, heldout_images=200, image_size=48, num_concepts=20)
     write_synthweb(DataConfig(root=str(root / "data"), synth=synth,
                               shards=ShardsConfig(samples_per_shard=150)), processes=2)
     cfg = tiny_config(root / "runs", root / "data", "head=embedding", "head.zeroshot_count=6", "data.image_size=48",
-                      "train.batch_size=32", "train.steps=600", "train.steps_per_epoch=50",
-                      "train.checkpoint_every=600", "train.log_every=50", "train.threads=2")
+                      "train.batch_size=32", "train.steps=3000", "train.steps_per_epoch=50",
+                      "train.checkpoint_every=3000", "optim.lr=0.3", "train.log_every=50", "train.threads=2")
     summary = pretrain(pretrain_stage(cfg))
     run = pretrain_stage(cfg).run_dir
     embedder = Embedder.from_run(run)
@@ -60,17 +62,18 @@ def test_zeroshot_f1_on_heldout_tags_is_well_above_chance(trained: dict) -> None
 
 
 def test_text_query_for_a_concept_returns_its_images(trained: dict) -> None:
-    """The three most frequent (seen) concepts; at this scale rarer ones fall to 0.3-0.7 (see the report)."""
+    """Every trained (not held-out) concept with >= 20 corpus images, queried by its name: mean precision@10."""
     embedder, index, concepts = trained["embedder"], trained["index"], trained["concepts"]
     heldout = {embedder.tags[i] for i in embedder.heldout}
     counts = {c["index"]: sum(c["index"] in found for found in concepts.values()) for c in trained["world"]}
-    seen = [c for c in sorted(trained["world"], key=lambda c: -counts[c["index"]])
-            if c["name"] in embedder.index and c["name"] not in heldout][:3]
-    precisions = []
+    seen = [c for c in trained["world"]
+            if counts[c["index"]] >= 20 and c["name"] in embedder.index and c["name"] not in heldout]
+    assert len(seen) >= 10
+    precisions = {}
     for concept in seen:
         hits = index.search_text([concept["name"]], 10)
-        precisions.append(np.mean([concept["index"] in concepts[h["key"]] for h in hits]))
-    assert np.mean(precisions) >= 0.8, dict(zip([c["name"] for c in seen], precisions, strict=True))
+        precisions[concept["name"]] = np.mean([concept["index"] in concepts[h["key"]] for h in hits])
+    assert np.mean(list(precisions.values())) >= 0.8, precisions
 
 
 def test_reverse_search_of_an_edited_corpus_image_returns_the_original_first(trained: dict) -> None:
