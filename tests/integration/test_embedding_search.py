@@ -34,7 +34,7 @@ from webly.jobs import pretrain_stage, search_job
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("embedding")
     # 2400 images x 3000 steps at lr 0.3, ~2 min on 2 cores: text P@10 0.92 on average; half the images or half
-    # the steps give 0.84-0.85 (`bench/text_search.py`, BENCHMARKS.md "Text search")
+    # the steps give 0.84-0.85 (`bench/search.py`, BENCHMARKS.md "Search")
     synth = SynthConfig(num_images=2400, heldout_images=200, image_size=48, num_concepts=20)
     write_synthweb(DataConfig(root=str(root / "data"), synth=synth,
                               shards=ShardsConfig(samples_per_shard=150)), processes=2)
@@ -89,7 +89,7 @@ def test_reverse_search_of_an_edited_corpus_image_returns_the_original_first(tra
             copy.save(buffer, format="PNG")
             hits = index.search_images([("copy", buffer.getvalue())], 3)
             found += hits[0]["key"] == key
-    assert found >= 0.9 * len(keys) * 4, found
+    assert found == len(keys) * 4, found  # 398/400 over 100 images (bench/search.py): misses are rare crops
 
 
 def test_gallery_completion_and_the_search_command(trained: dict) -> None:

@@ -1,18 +1,21 @@
-"""Text search quality of the embedding head on a synthetic web: precision@10 of each concept's name as a query.
+"""Search quality of the embedding head on a synthetic web: text queries by concept name, and reverse search.
 
-    .venv/bin/python bench/text_search.py                              # the integration test's fixture
-    .venv/bin/python bench/text_search.py --images 1200 --steps 6000 --lr 0.1
+    .venv/bin/python bench/search.py                                   # the integration test's fixture
+    .venv/bin/python bench/search.py --images 1200 --steps 600 --lr 0.1
 
 Writes a synthetic web (cached in --work by its size), pretrains `head=embedding` on it with the tiny model,
 indexes the corpus as `webly search` does and queries every concept by its name. A hit is a result image whose
 synthweb metadata holds the concept (drawn, tagged or not). Prints P@10 per concept (held-out concepts are
 queried zero-shot), the mean over the trained concepts with at least --min-images images (the issue's
-criterion), zero-shot F1@5 on the held-out tags beside chance, and the training time.
+criterion), zero-shot F1@5 on the held-out tags beside chance, and the training time. Then reverse search:
+--reverse corpus images, each edited four ways (transfer.edits: crop, jpeg, recolour, resize), searched as new
+images; prints how often the original comes first.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import time
@@ -20,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+from PIL import Image
 
 from pretrain.atomic import read_json
 from pretrain.config import DataConfig, ShardsConfig, SynthConfig
 from pretrain.shards import Dataset
 from pretrain.synthweb.dataset import write_synthweb
 from pretrain.train import pretrain
+from transfer.edits import apply_edit
 from transfer.embedder import Embedder
-from transfer.search import SearchIndex
+from transfer.search import SearchIndex, fetch_samples
 from webly.config import compose
 from webly.jobs import pretrain_stage
 
@@ -49,6 +54,7 @@ def main() -> None:
     parser.add_argument("--heldout-tags", type=int, default=6, help="concepts held out (queried zero-shot)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the corpus is always seed 0)")
     parser.add_argument("--min-images", type=int, default=20, help="concepts rarer than this are not averaged")
+    parser.add_argument("--reverse", type=int, default=100, help="corpus images edited for reverse search")
     parser.add_argument("--work", default="/tmp/webly-bench-text-search")
     parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. head.loss=hinge")
     args = parser.parse_args()
@@ -98,6 +104,27 @@ def main() -> None:
           f"min {min(trained):.1f} (n={len(trained)}); held-out concepts, zero-shot: mean {np.mean(zero_shot):.3f}")
     print(f"zero-shot F1@5 on the {summary['zeroshot/tags']} tags of the held-out concepts: "
           f"{summary['zeroshot/f1_at_5']:.3f} (chance {summary['zeroshot/chance_f1_at_5']:.3f})")
+    if args.reverse:
+        print(reverse_search(index, data, args.reverse))
+
+
+EDITS = ("crop", "jpeg", "recolour", "resize")
+
+
+def reverse_search(index: SearchIndex, data: Path, count: int) -> str:
+    """How often an edited copy of a corpus image, searched as a new image, finds its original first."""
+    keys = index.keys[:: max(1, len(index.keys) // count)][:count]
+    samples = fetch_samples(data, keys)
+    first = dict.fromkeys(EDITS, 0)
+    for n, key in enumerate(keys):
+        original = Image.open(io.BytesIO(samples[key]["image"])).convert("RGB")
+        for edit in EDITS:
+            copy = apply_edit(original, edit, np.random.default_rng([n, 7])).image
+            encoded = io.BytesIO()
+            copy.save(encoded, format="PNG")
+            first[edit] += index.search_images([("copy", encoded.getvalue())], 1)[0]["key"] == key
+    per_edit = ", ".join(f"{edit} {found}/{len(keys)}" for edit, found in first.items())
+    return f"reverse search, original first: {sum(first.values())}/{len(keys) * len(EDITS)} ({per_edit})"
 
 
 if __name__ == "__main__":
