@@ -5,42 +5,32 @@
 
 Writes a synthetic web (cached in --work by its size), pretrains `head=embedding` on it with the tiny model,
 indexes the corpus as `webly search` does and queries every concept by its name. A hit is a result image whose
-synthweb metadata holds the concept (drawn, tagged or not). Prints P@10 per concept (held-out concepts are
-queried zero-shot), the mean over the trained concepts with at least --min-images images (the issue's
-criterion), zero-shot F1@5 on the held-out tags beside chance, and the training time. Then reverse search:
---reverse corpus images, each edited four ways (transfer.edits: crop, jpeg, recolour, resize), searched as new
-images; prints how often the original comes first.
+synthweb metadata holds the concept (drawn, tagged or not); the measures are `transfer.search_quality`'s, as in
+the integration test. Prints P@10 per concept (held-out concepts are queried zero-shot), the mean over the
+trained concepts with at least --min-images images (the issue's criterion), the mean over the held-out ones
+beside a random ranking's, zero-shot F1@5 on the held-out tags beside chance, and the training time. Then
+reverse search: --reverse corpus images, each edited four ways (transfer.edits), searched as new images; prints
+how often the original comes first.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
-from PIL import Image
 
 from pretrain.atomic import read_json
 from pretrain.config import DataConfig, ShardsConfig, SynthConfig
-from pretrain.shards import Dataset
 from pretrain.synthweb.dataset import write_synthweb
 from pretrain.train import pretrain
-from transfer.edits import apply_edit
 from transfer.embedder import Embedder
-from transfer.search import SearchIndex, fetch_samples
+from transfer.search import SearchIndex
+from transfer.search_quality import concept_images, drawn_concepts, reverse_firsts, text_precision
 from webly.config import compose
 from webly.jobs import pretrain_stage
-
-
-def corpus_concepts(root: Path) -> dict[str, set[int]]:
-    """{training key: the concept indices drawn in the image} from the shards' synthweb metadata."""
-    samples = wds.tarfile_to_samples()({"url": u} for u in Dataset.open(root).train_urls())
-    return {s["__key__"]: set(json.loads(s["json"])["meta"]["concepts"]) for s in samples}
 
 
 def main() -> None:
@@ -74,26 +64,27 @@ def main() -> None:
                    f"train.steps={args.steps}", "train.steps_per_epoch=50", f"train.checkpoint_every={args.steps}",
                    "train.log_every=50", "train.threads=2", f"train.seed={args.seed}", f"optim.lr={args.lr}",
                    "optim.warmup_steps=4", "train.resume=false", *args.overrides])
+    stage = pretrain_stage(cfg)
     started = time.perf_counter()
-    summary = pretrain(pretrain_stage(cfg))
+    summary = pretrain(stage)
     train_seconds = time.perf_counter() - started
-    embedder = Embedder.from_run(pretrain_stage(cfg).run_dir)
+    embedder = Embedder.from_run(stage.run_dir)
     index = SearchIndex.build(embedder, data, work / "runs" / tag / "index", progress=False)
 
-    present = corpus_concepts(data)
+    drawn = drawn_concepts(data)
     heldout = {embedder.tags[i] for i in embedder.heldout}
     concepts = read_json(data / "manifest.json")["synth"]["concepts"]
-    images = {c["index"]: sum(c["index"] in found for found in present.values()) for c in concepts}
-    trained, zero_shot = [], []
+    images = concept_images(drawn)
+    trained, zero_shot, zero_shot_chance = [], [], []
     print(f"{'concept':>12} {'images':>6}  {'':4}  P@10  drawn as")
     for concept in sorted(concepts, key=lambda c: -images[c["index"]]):
         if concept["name"] not in embedder.index:
             continue
-        hits = index.search_text([concept["name"]], 10)
-        precision = float(np.mean([concept["index"] in present[h["key"]] for h in hits]))
+        precision = text_precision(index, concept["name"], concept["index"], drawn)
         held = concept["name"] in heldout
         if held:
             zero_shot.append(precision)
+            zero_shot_chance.append(images[concept["index"]] / len(drawn))  # P@10 of a random ranking
         elif images[concept["index"]] >= args.min_images:
             trained.append(precision)
         print(f"{concept['name']:>12} {images[concept['index']]:6d}  {'HELD' if held else '':4}  {precision:.1f}   "
@@ -101,30 +92,15 @@ def main() -> None:
     print(f"\n{args.images} images x {args.size} px, {args.steps} steps of {args.batch} at lr {args.lr}, "
           f"seed {args.seed}: trained in {train_seconds:.0f} s")
     print(f"text P@10, trained concepts with >= {args.min_images} images: mean {np.mean(trained):.3f}, "
-          f"min {min(trained):.1f} (n={len(trained)}); held-out concepts, zero-shot: mean {np.mean(zero_shot):.3f}")
+          f"min {min(trained):.1f} (n={len(trained)}); held-out concepts, zero-shot: mean {np.mean(zero_shot):.3f} "
+          f"(random ranking {np.mean(zero_shot_chance):.3f})")
     print(f"zero-shot F1@5 on the {summary['zeroshot/tags']} tags of the held-out concepts: "
           f"{summary['zeroshot/f1_at_5']:.3f} (chance {summary['zeroshot/chance_f1_at_5']:.3f})")
     if args.reverse:
-        print(reverse_search(index, data, args.reverse))
-
-
-EDITS = ("crop", "jpeg", "recolour", "resize")
-
-
-def reverse_search(index: SearchIndex, data: Path, count: int) -> str:
-    """How often an edited copy of a corpus image, searched as a new image, finds its original first."""
-    keys = index.keys[:: max(1, len(index.keys) // count)][:count]
-    samples = fetch_samples(data, keys)
-    first = dict.fromkeys(EDITS, 0)
-    for n, key in enumerate(keys):
-        original = Image.open(io.BytesIO(samples[key]["image"])).convert("RGB")
-        for edit in EDITS:
-            copy = apply_edit(original, edit, np.random.default_rng([n, 7])).image
-            encoded = io.BytesIO()
-            copy.save(encoded, format="PNG")
-            first[edit] += index.search_images([("copy", encoded.getvalue())], 1)[0]["key"] == key
-    per_edit = ", ".join(f"{edit} {found}/{len(keys)}" for edit, found in first.items())
-    return f"reverse search, original first: {sum(first.values())}/{len(keys) * len(EDITS)} ({per_edit})"
+        keys = index.keys[:: max(1, len(index.keys) // args.reverse)][: args.reverse]
+        firsts = reverse_firsts(index, data, keys)
+        print(f"reverse search, original first: {sum(firsts.values())}/{len(keys) * len(firsts)} ("
+              + ", ".join(f"{edit} {found}/{len(keys)}" for edit, found in firsts.items()) + ")")
 
 
 if __name__ == "__main__":
